@@ -1,0 +1,118 @@
+//! IMDS managed-identity token endpoint (169.254.169.254:80).
+
+use crate::material::IdentityState;
+use crate::scenario::{cloud_by_resource, IdentityKind};
+use crate::server::{Req, Resp, State};
+use serde_json::json;
+
+fn err(status: u16, e: &str, d: &str) -> Resp {
+    Resp::json_ct(
+        status,
+        "application/json; charset=utf-8",
+        json!({"error": e, "error_description": d}).to_string(),
+    )
+}
+
+/// Find the VM identity a request selects (none of the selectors = system identity).
+pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> {
+    let not_found = || err(400, "invalid_request", "Identity not found");
+    let cfg = &state.scenario.imds;
+    let user = |pred: &dyn Fn(&IdentityState) -> bool| -> Result<&'a IdentityState, Resp> {
+        state
+            .store
+            .identities
+            .iter()
+            .filter(|i| {
+                cfg.user
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&i.spec.client_id))
+                    || cfg
+                        .system
+                        .as_deref()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(&i.spec.client_id))
+            })
+            .find(|i| pred(i))
+            .ok_or_else(not_found)
+    };
+    if let Some(cid) = r.q("client_id") {
+        return user(&|i| i.spec.client_id.eq_ignore_ascii_case(cid));
+    }
+    if let Some(oid) = r.q("object_id") {
+        return user(&|i| i.object_id.eq_ignore_ascii_case(oid));
+    }
+    if let Some(rid) = r.q("msi_res_id").or_else(|| r.q("mi_res_id")) {
+        return user(&|i| {
+            i.spec
+                .msi_res_id
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(rid))
+        });
+    }
+    match &cfg.system {
+        Some(cid) => state
+            .identity_by_client_id(cid)
+            .filter(|i| *i.kind() != IdentityKind::ServicePrincipal)
+            .ok_or_else(not_found),
+        None => Err(not_found()),
+    }
+}
+
+pub fn handle(state: &State, r: &Req) -> Resp {
+    let p = r.path.to_ascii_lowercase();
+    if p.trim_end_matches('/') != "/metadata/identity/oauth2/token" {
+        return err(404, "not_found", "The requested resource was not found");
+    }
+    if r.header("metadata") != Some("true") {
+        return err(
+            400,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+    }
+    if r.q("api-version").is_none_or(str::is_empty) {
+        return err(
+            400,
+            "invalid_request",
+            "Required query variable 'api-version' is missing",
+        );
+    }
+    let Some(resource) = r.q("resource").filter(|s| !s.is_empty()) else {
+        return err(
+            400,
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+        );
+    };
+    let id = match select(state, r) {
+        Ok(i) => i,
+        Err(e) => return e.with_identity(r.q("client_id").map(str::to_string)),
+    };
+    if cloud_by_resource(resource).is_none() {
+        return err(
+            400,
+            "invalid_resource",
+            &format!("AADSTS500011: The resource principal named {resource} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", id.spec.tenant),
+        )
+        .with_identity(Some(id.spec.client_id.clone()));
+    }
+    let t = crate::token::issue(
+        resource,
+        &id.spec.client_id,
+        &id.object_id,
+        &id.spec.tenant,
+        state.lifetime,
+    );
+    let body = json!({
+        "access_token": t.jwt,
+        "client_id": id.spec.client_id,
+        "expires_in": (t.exp - t.iat).to_string(),
+        "expires_on": t.exp.to_string(),
+        "ext_expires_in": (t.exp - t.iat).to_string(),
+        "not_before": t.iat.to_string(),
+        "refresh_token": "",
+        "resource": resource,
+        "token_type": "Bearer",
+    });
+    Resp::json_ct(200, "application/json; charset=utf-8", body.to_string())
+        .with_identity(Some(id.spec.client_id.clone()))
+}

@@ -1,0 +1,652 @@
+//! Listeners, TLS, routing, latency, fault injection and the request log.
+
+use crate::material::Store;
+use crate::scenario::{self, Endpoint, FaultAction, Scenario};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// 127.0.0.1 ephemeral ports (safe anywhere).
+    Local,
+    /// The real addresses: 169.254.169.254:80, 127.0.0.1:2579, 127.0.0.1:443.
+    /// Only allowed inside a network namespace other than PID 1's.
+    Real,
+}
+
+pub struct Options {
+    pub scenario: Scenario,
+    pub bind: BindMode,
+    pub request_log: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    /// CA certificate and key PEM to sign the TLS leaf with (default: generated).
+    pub ca: Option<(String, String)>,
+}
+
+impl Options {
+    pub fn local(scenario: Scenario) -> Options {
+        Options {
+            scenario,
+            bind: BindMode::Local,
+            request_log: None,
+            cache_dir: None,
+            ca: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub imds: SocketAddr,
+    pub nmi: SocketAddr,
+    pub https: SocketAddr,
+}
+
+impl Endpoints {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "imds": format!("http://{}", self.imds),
+            "nmi": format!("http://{}", self.nmi),
+            "https": self.https.to_string(),
+        })
+    }
+}
+
+/// A running emulator. Dropping it (or calling `shutdown`) stops every listener and connection.
+pub struct Emulator {
+    pub endpoints: Endpoints,
+    /// PEM of the CA that signed the TLS certificate.
+    pub ca_pem: String,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Emulator {
+    pub async fn start(opts: Options) -> Result<Emulator, String> {
+        let store =
+            crate::material::Builder::new(&opts.scenario, opts.cache_dir.as_deref()).build()?;
+        let (tls, ca_pem) = tls_config(opts.ca.as_ref())?;
+        let (imds_addr, nmi_addr, https_addr) = match opts.bind {
+            BindMode::Local => {
+                let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                (
+                    SocketAddr::new(lo, 0),
+                    SocketAddr::new(lo, 0),
+                    SocketAddr::new(lo, 0),
+                )
+            }
+            BindMode::Real => {
+                ensure_private_netns()?;
+                (
+                    "169.254.169.254:80".parse().map_err(|_| "addr")?,
+                    "127.0.0.1:2579".parse().map_err(|_| "addr")?,
+                    "127.0.0.1:443".parse().map_err(|_| "addr")?,
+                )
+            }
+        };
+        for a in [imds_addr, nmi_addr, https_addr] {
+            let ok = match a.ip() {
+                IpAddr::V4(v4) => {
+                    v4.is_loopback()
+                        || (opts.bind == BindMode::Real && v4 == Ipv4Addr::new(169, 254, 169, 254))
+                }
+                IpAddr::V6(v6) => v6.is_loopback(),
+            };
+            if !ok {
+                return Err(format!("refusing to bind non-loopback address {a}"));
+            }
+        }
+        let bind = |a: SocketAddr| async move {
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("binding {a}: {e}"))
+        };
+        let imds = bind(imds_addr).await?;
+        let nmi = bind(nmi_addr).await?;
+        let https = bind(https_addr).await?;
+        let endpoints = Endpoints {
+            imds: imds.local_addr().map_err(|e| e.to_string())?,
+            nmi: nmi.local_addr().map_err(|e| e.to_string())?,
+            https: https.local_addr().map_err(|e| e.to_string())?,
+        };
+        let log = match &opts.request_log {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("opening request log {}: {e}", p.display()))?,
+            )),
+            None => None,
+        };
+        let nfaults = opts.scenario.faults.len();
+        let state = Arc::new(State {
+            lifetime: opts.scenario.token_lifetime_secs.unwrap_or(86399),
+            scenario: opts.scenario,
+            store,
+            started: Instant::now(),
+            fault_counts: Mutex::new(vec![0; nfaults]),
+            nmi_calls: Mutex::new(HashMap::new()),
+            log,
+        });
+        let (tx, rx) = watch::channel(false);
+        spawn_listener(imds, Kind::Imds, None, state.clone(), rx.clone());
+        spawn_listener(nmi, Kind::Nmi, None, state.clone(), rx.clone());
+        spawn_listener(https, Kind::Https, Some(tls), state.clone(), rx);
+        Ok(Emulator {
+            endpoints,
+            ca_pem,
+            state,
+            shutdown: tx,
+        })
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Refuse to serve the real Azure addresses unless this network namespace has no interface
+/// but loopback (as in the namespaces `netns` / `scripts/netns-run` create): nothing served
+/// here can be reached from, or shadow anything on, a real network.
+fn ensure_private_netns() -> Result<(), String> {
+    let dev = std::fs::read_to_string("/proc/self/net/dev")
+        .map_err(|e| format!("reading /proc/self/net/dev: {e}"))?;
+    let others: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .filter(|n| *n != "lo")
+        .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "refusing to serve the real Azure addresses in a network namespace with interfaces {others:?}; \
+             run inside a private netns (scripts/netns-run, kv_emulator::netns) or use --bind-local"
+        ));
+    }
+    Ok(())
+}
+
+pub struct State {
+    pub scenario: Scenario,
+    pub store: Store,
+    pub started: Instant,
+    pub lifetime: u64,
+    fault_counts: Mutex<Vec<u64>>,
+    pub nmi_calls: Mutex<HashMap<(String, String), u64>>,
+    log: Option<Mutex<std::fs::File>>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Imds,
+    Nmi,
+    Https,
+}
+
+/// A handler's answer.
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Client id of the identity the request was about, when known (for the log).
+    pub identity: Option<String>,
+}
+
+impl Resp {
+    pub fn json(status: u16, v: &serde_json::Value) -> Resp {
+        Resp {
+            status,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: v.to_string().into_bytes(),
+            identity: None,
+        }
+    }
+
+    pub fn json_ct(status: u16, ct: &str, body: String) -> Resp {
+        Resp {
+            status,
+            headers: vec![("Content-Type".into(), ct.into())],
+            body: body.into_bytes(),
+            identity: None,
+        }
+    }
+
+    /// Go `http.Error`: text/plain, message + "\n", nosniff.
+    pub fn text(status: u16, msg: &str) -> Resp {
+        Resp {
+            status,
+            headers: vec![
+                ("Content-Type".into(), "text/plain; charset=utf-8".into()),
+                ("X-Content-Type-Options".into(), "nosniff".into()),
+            ],
+            body: format!("{msg}\n").into_bytes(),
+            identity: None,
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Resp {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn with_identity(mut self, id: Option<String>) -> Resp {
+        if self.identity.is_none() {
+            self.identity = id;
+        }
+        self
+    }
+}
+
+/// A parsed request as handlers see it.
+pub struct Req {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn q(&self, key: &str) -> Option<&str> {
+        crate::util::get(&self.query, key)
+    }
+}
+
+fn spawn_listener(
+    listener: TcpListener,
+    kind: Kind,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(10)).await; continue; }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            let acceptor = acceptor.clone();
+            let mut conn_shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { handle(state, kind, peer, req).await }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    Some(acc) => {
+                        let tls = tokio::select! {
+                            r = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)) => match r {
+                                Ok(Ok(s)) => s,
+                                _ => return,
+                            },
+                            _ = conn_shutdown.changed() => return,
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                        tokio::select! {
+                            _ = conn => {},
+                            _ = conn_shutdown.changed() => {},
+                        }
+                    }
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        tokio::select! {
+                            _ = conn => {},
+                            _ = conn_shutdown.changed() => {},
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[derive(Debug)]
+pub struct CloseConnection;
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault injection: close connection")
+    }
+}
+impl std::error::Error for CloseConnection {}
+
+fn host_of(req: &Request<Incoming>) -> String {
+    let h = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    // strip the port (not for bracketed IPv6 without port)
+    let h = match h.rsplit_once(':') {
+        Some((a, p)) if p.chars().all(|c| c.is_ascii_digit()) && !a.ends_with(':') => a.to_string(),
+        _ => h,
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+pub fn is_aad_host(h: &str) -> bool {
+    scenario::AAD_HOSTS.contains(&h)
+}
+
+async fn handle(
+    state: Arc<State>,
+    kind: Kind,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, CloseConnection> {
+    let t0 = Instant::now();
+    let host = host_of(&req);
+    let endpoint = match kind {
+        Kind::Imds => Endpoint::Imds,
+        Kind::Nmi => Endpoint::Nmi,
+        Kind::Https => {
+            if is_aad_host(&host) {
+                Endpoint::Aad
+            } else {
+                Endpoint::Keyvault
+            }
+        }
+    };
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = crate::util::parse_pairs(req.uri().query().unwrap_or(""));
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, 4 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let r = Req {
+        method,
+        host,
+        path,
+        query,
+        headers: parts.headers,
+        body,
+        peer,
+    };
+
+    let latency = match endpoint {
+        Endpoint::Imds => state.scenario.latency_ms.imds,
+        Endpoint::Nmi => state.scenario.latency_ms.nmi,
+        Endpoint::Aad => state.scenario.latency_ms.aad,
+        Endpoint::Keyvault => state.scenario.latency_ms.keyvault,
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+
+    // Fault injection.
+    let fault = {
+        let mut counts = state.fault_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chosen = None;
+        for (i, f) in state.scenario.faults.iter().enumerate() {
+            if f.endpoint != endpoint {
+                continue;
+            }
+            if let Some(s) = &f.path_contains {
+                if !r.path.contains(s.as_str()) {
+                    continue;
+                }
+            }
+            if counts[i] < f.count.unwrap_or(1) {
+                counts[i] += 1;
+                chosen = Some(f.clone());
+                break;
+            }
+        }
+        chosen
+    };
+    let mut fault_name: Option<String> = None;
+    let resp = match fault {
+        Some(f) => match f.action {
+            FaultAction::Close => {
+                state.log(&r, endpoint, 0, t0, None, None, Some("close"));
+                return Err(CloseConnection);
+            }
+            FaultAction::StallForever => {
+                state.log(&r, endpoint, 0, t0, None, None, Some("stall_forever"));
+                std::future::pending::<()>().await;
+                return Err(CloseConnection);
+            }
+            FaultAction::Stall => {
+                tokio::time::sleep(Duration::from_millis(f.ms.unwrap_or(0))).await;
+                fault_name = Some("stall".into());
+                dispatch(&state, endpoint, &r).await
+            }
+            FaultAction::Status => {
+                let status = f.status.unwrap_or(500);
+                fault_name = Some(format!("status {status}"));
+                let mut resp = fault_response(endpoint, status);
+                if let Some(ra) = f.retry_after {
+                    resp = resp.header("Retry-After", &ra.to_string());
+                }
+                resp
+            }
+        },
+        None => dispatch(&state, endpoint, &r).await,
+    };
+    let request_id = resp
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-ms-request-id"))
+        .map(|(_, v)| v.clone());
+    state.log(
+        &r,
+        endpoint,
+        resp.status,
+        t0,
+        resp.identity.clone(),
+        request_id,
+        fault_name.as_deref(),
+    );
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (k, v) in &resp.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    match builder.body(Full::new(Bytes::from(resp.body))) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"bad response header\n")));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            Ok(r)
+        }
+    }
+}
+
+fn fault_response(endpoint: Endpoint, status: u16) -> Resp {
+    match endpoint {
+        Endpoint::Keyvault => {
+            let (code, msg) = match status {
+                429 => (
+                    "Throttled",
+                    "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
+                ),
+                404 => ("NotFound", "Not found"),
+                _ => ("InternalServerError", "The service is temporarily unavailable."),
+            };
+            crate::keyvault::kv_headers(Resp::json(
+                status,
+                &json!({"error": {"code": code, "message": msg}}),
+            ))
+        }
+        Endpoint::Nmi => Resp::text(status, "fault injected by kv-emulator"),
+        Endpoint::Imds => {
+            let (e, d) = match status {
+                429 => ("too_many_requests", "Too many requests"),
+                410 => ("gone", "IMDS is updating"),
+                404 => ("not_found", "IMDS is updating"),
+                _ => ("unknown", "Failed to retrieve token from the Active directory. For details see logs in C:\\User1\\Logs\\Plugins\\Microsoft.Identity.MSI\\1.0\\service_identity_0.log"),
+            };
+            Resp::json(status, &json!({"error": e, "error_description": d}))
+        }
+        Endpoint::Aad => crate::aad::aad_error(
+            status,
+            "temporarily_unavailable",
+            90033,
+            "AADSTS90033: A transient error has occurred. Please try again.",
+        ),
+    }
+}
+
+async fn dispatch(state: &Arc<State>, endpoint: Endpoint, r: &Req) -> Resp {
+    match endpoint {
+        Endpoint::Imds => crate::imds::handle(state, r),
+        Endpoint::Nmi => crate::nmi::handle(state, r).await,
+        Endpoint::Aad => crate::aad::handle(state, r),
+        Endpoint::Keyvault => crate::keyvault::handle(state, r),
+    }
+}
+
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        r: &Req,
+        endpoint: Endpoint,
+        status: u16,
+        t0: Instant,
+        identity: Option<String>,
+        request_id: Option<String>,
+        fault: Option<&str>,
+    ) {
+        let Some(log) = &self.log else { return };
+        let mut line = json!({
+            "ts": crate::util::rfc3339_now(),
+            "endpoint": endpoint.as_str(),
+            "method": r.method,
+            "host": r.host,
+            "path": r.path,
+            "status": status,
+            "latency_ms": t0.elapsed().as_millis() as u64,
+            "client_id": identity,
+            "request_id": request_id,
+        });
+        if let Some(f) = fault {
+            line["fault"] = json!(f);
+        }
+        if endpoint == Endpoint::Nmi {
+            line["podns"] = json!(r.header("podns"));
+            line["podname"] = json!(r.header("podname"));
+            line["peer"] = json!(r.peer.ip().to_string());
+        }
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(f, "{line}");
+        let _ = f.flush();
+    }
+
+    pub fn identity_by_client_id(&self, cid: &str) -> Option<&crate::material::IdentityState> {
+        self.store
+            .identities
+            .iter()
+            .find(|i| i.spec.client_id.eq_ignore_ascii_case(cid))
+    }
+}
+
+/// Build the TLS server config: leaf for every AAD and vault host, signed by the CA.
+fn tls_config(
+    ca: Option<&(String, String)>,
+) -> Result<(Arc<rustls::ServerConfig>, String), String> {
+    let (ca_pem, ca_key, ca_params_or_pem) = match ca {
+        Some((cert, key)) => {
+            let kp = rcgen::KeyPair::from_pem(key).map_err(|e| format!("CA key: {e}"))?;
+            (cert.clone(), kp, None)
+        }
+        None => {
+            let kp = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+            let mut p =
+                rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+            p.distinguished_name = crate::material::dn("CN=kv-emulator TLS CA, O=kv-emulator");
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            crate::material::set_validity(&mut p, 3650);
+            let cert = p.self_signed(&kp).map_err(|e| e.to_string())?;
+            (cert.pem(), kp, Some(p))
+        }
+    };
+    let issuer = match ca_params_or_pem {
+        Some(p) => rcgen::Issuer::new(p, ca_key),
+        None => {
+            rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| format!("CA cert: {e}"))?
+        }
+    };
+    let mut sans: Vec<String> = scenario::AAD_HOSTS.iter().map(|s| s.to_string()).collect();
+    for c in scenario::CLOUDS {
+        sans.push(format!("*.{}", c.vault_suffix));
+    }
+    sans.push("localhost".into());
+    sans.push("127.0.0.1".into());
+    let leaf_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut p = rcgen::CertificateParams::new(sans).map_err(|e| e.to_string())?;
+    p.distinguished_name = crate::material::dn("CN=kv-emulator");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    crate::material::set_validity(&mut p, 365);
+    let leaf = p.signed_by(&leaf_key, &issuer).map_err(|e| e.to_string())?;
+    let ca_der = crate::material::pem_blocks(&ca_pem)
+        .into_iter()
+        .find(|(l, _)| l == "CERTIFICATE")
+        .map(|(_, d)| d)
+        .ok_or("CA PEM has no certificate")?;
+    let chain = vec![
+        rustls::pki_types::CertificateDer::from(leaf.der().to_vec()),
+        rustls::pki_types::CertificateDer::from(ca_der),
+    ];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("TLS config: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(cfg), ca_pem))
+}

@@ -1,0 +1,346 @@
+//! Azure AD tokens for Key Vault: one source per identity mode, fetched once per call.
+//!
+//! The token request starts at process start (see `mount`), concurrently with the vault's first
+//! (challenged) request, and every later asker awaits the same result, so a mount makes exactly
+//! one token request per resource however many objects it fetches. [`Credential`] hands the
+//! token to the Azure SDK's Key Vault clients as an azure_core `TokenCredential`.
+
+mod aad;
+mod imds;
+mod nmi;
+mod retry;
+
+use crate::error::{Error, Result};
+use crate::options::Identity;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::OnceCell;
+
+pub use retry::Deadline;
+
+/// An access token and when it expires.
+#[derive(Clone)]
+pub struct Token {
+    /// The bearer token.
+    pub access_token: Secret,
+    /// Unix seconds.
+    pub expires_on: i64,
+}
+
+/// Where tokens come from, with what the source needs.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// NMI on the node.
+    Nmi {
+        /// NMI port.
+        port: u16,
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        pod: String,
+    },
+    /// IMDS.
+    Imds {
+        /// User-assigned client id, or system-assigned.
+        client_id: Option<String>,
+    },
+    /// AAD client credentials.
+    ClientSecret {
+        /// Authority host, e.g. `https://login.microsoftonline.com`.
+        authority: String,
+        /// Tenant id.
+        tenant: String,
+        /// Application id.
+        client_id: String,
+        /// The secret.
+        secret: Secret,
+    },
+}
+
+impl Source {
+    /// Builds the source for a validated identity.
+    pub fn for_identity(
+        identity: &Identity,
+        pod: &crate::options::Pod,
+        tenant: Option<&str>,
+        authority: &str,
+        default_nmi_port: u16,
+    ) -> Source {
+        match identity {
+            Identity::PodIdentity { nmi_port } => Source::Nmi {
+                port: nmi_port.unwrap_or(default_nmi_port),
+                namespace: pod.namespace.clone().unwrap_or_default(),
+                pod: pod.name.clone().unwrap_or_default(),
+            },
+            Identity::NodeManagedIdentity { client_id } => Source::Imds {
+                client_id: client_id.clone(),
+            },
+            Identity::ServicePrincipal {
+                client_id,
+                client_secret,
+            } => Source::ClientSecret {
+                authority: authority.to_string(),
+                tenant: tenant.unwrap_or_default().to_string(),
+                client_id: client_id.clone(),
+                secret: client_secret.clone(),
+            },
+        }
+    }
+}
+
+type Slot = Arc<OnceCell<Result<Token>>>;
+
+/// Fetches and caches tokens for one call.
+pub struct Provider {
+    source: Source,
+    http: reqwest::Client,
+    deadline: Deadline,
+    slots: Mutex<HashMap<String, Slot>>,
+    /// The client id the token belongs to, when the source tells (NMI, IMDS user-assigned, SP).
+    client_id: Mutex<Option<String>>,
+    /// The last token error, for callers that only see the SDK's untyped copy.
+    last_error: Mutex<Option<Error>>,
+}
+
+impl Provider {
+    /// A provider; nothing is fetched until [`Provider::token`].
+    pub fn new(source: Source, http: reqwest::Client, deadline: Deadline) -> Arc<Provider> {
+        let client_id = match &source {
+            Source::Imds { client_id } => client_id.clone(),
+            Source::ClientSecret { client_id, .. } => Some(client_id.clone()),
+            Source::Nmi { .. } => None,
+        };
+        Arc::new(Provider {
+            source,
+            http,
+            deadline,
+            slots: Mutex::new(HashMap::new()),
+            client_id: Mutex::new(client_id),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The token for `resource` (e.g. `https://vault.azure.net`), fetched once.
+    pub async fn token(&self, resource: &str) -> Result<Token> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(resource.to_string()).or_default().clone()
+        };
+        slot.get_or_init(|| self.fetch(resource)).await.clone()
+    }
+
+    async fn fetch(&self, resource: &str) -> Result<Token> {
+        let started = Instant::now();
+        let result = match &self.source {
+            Source::Nmi {
+                port,
+                namespace,
+                pod,
+            } => nmi::fetch(&self.http, *port, namespace, pod, resource, &self.deadline)
+                .await
+                .map(|(token, client_id)| {
+                    *self.client_id.lock().unwrap_or_else(|p| p.into_inner()) = client_id;
+                    token
+                }),
+            Source::Imds { client_id } => {
+                imds::fetch(&self.http, client_id.as_deref(), resource, &self.deadline).await
+            }
+            Source::ClientSecret {
+                authority,
+                tenant,
+                client_id,
+                secret,
+            } => {
+                aad::fetch(
+                    &self.http,
+                    authority,
+                    tenant,
+                    client_id,
+                    secret,
+                    resource,
+                    &self.deadline,
+                )
+                .await
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(_) => crate::log::info(
+                "token",
+                serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms}),
+            ),
+            Err(e) => {
+                crate::log::error(
+                    "token",
+                    serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms, "error": e.to_string()}),
+                );
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// The last token error, if a token request failed.
+    pub fn last_error(&self) -> Option<Error> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The identity as a user would name it in a Key Vault access policy.
+    pub fn identity_name(&self) -> String {
+        let id = self
+            .client_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (&self.source, id) {
+            (Source::Nmi { namespace, pod, .. }, Some(id)) => {
+                format!("pod identity {id} of {namespace}/{pod}")
+            }
+            (Source::Nmi { namespace, pod, .. }, None) => {
+                format!("pod identity of {namespace}/{pod}")
+            }
+            (Source::Imds { client_id: None }, _) => {
+                "the node's system-assigned managed identity".into()
+            }
+            (Source::Imds { .. }, Some(id)) => format!("managed identity {id}"),
+            (Source::Imds { .. }, None) => "managed identity".into(),
+            (Source::ClientSecret { .. }, Some(id)) => format!("service principal {id}"),
+            (Source::ClientSecret { .. }, None) => "service principal".into(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.source {
+            Source::Nmi { .. } => "nmi",
+            Source::Imds { .. } => "imds",
+            Source::ClientSecret { .. } => "aad",
+        }
+    }
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("kv::auth::Provider")
+    }
+}
+
+/// The SDK-facing side of a [`Provider`].
+#[derive(Clone)]
+pub struct Credential(pub Arc<Provider>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("kv::auth::Credential")
+    }
+}
+
+/// `https://vault.azure.net/.default` → `https://vault.azure.net`.
+pub fn scope_to_resource(scope: &str) -> &str {
+    scope.strip_suffix("/.default").unwrap_or(scope)
+}
+
+#[async_trait]
+impl TokenCredential for Credential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let resource = scopes
+            .first()
+            .map(|s| scope_to_resource(s))
+            .unwrap_or_default();
+        match self.0.token(resource).await {
+            Ok(t) => Ok(AccessToken::new(
+                t.access_token.expose().to_string(),
+                time::OffsetDateTime::from_unix_timestamp(t.expires_on)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            )),
+            // The SDK only carries this text; `keyvault` asks the provider again for the typed error.
+            Err(e) => Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Reads a token response number that may be a JSON string or number (NMI v1.5 sent numbers).
+pub(crate) fn number_field(v: &serde_json::Value, key: &str) -> Option<i64> {
+    match v.get(key)? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses a token response body (NMI's `token`, IMDS, AAD v1 or v2).
+pub(crate) fn parse_token(body: &serde_json::Value) -> Option<Token> {
+    let access = body.get("access_token")?.as_str()?.to_string();
+    if access.is_empty() {
+        return None;
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let expires_on = number_field(body, "expires_on")
+        .or_else(|| number_field(body, "expires_in").map(|s| now + s))
+        .unwrap_or(now + 300);
+    Some(Token {
+        access_token: Secret::new(access),
+        expires_on,
+    })
+}
+
+/// Turns an unusable error into one line without response bodies or secrets.
+pub(crate) fn network_error(what: &str, e: &reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    Error::new(
+        crate::error::Code::Network,
+        format!(
+            "{what}: {kind}{}{cause}",
+            if cause.is_empty() { "" } else { ": " }
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_fields_may_be_strings_or_numbers() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"access_token":"a","expires_on":"1700000000"}"#).unwrap();
+        assert_eq!(parse_token(&v).unwrap().expires_on, 1_700_000_000);
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"access_token":"a","expires_on":1700000000}"#).unwrap();
+        assert_eq!(parse_token(&v).unwrap().expires_on, 1_700_000_000);
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":3599}"#).unwrap();
+        assert!(parse_token(&v).unwrap().expires_on > 1_700_000_000);
+        let v: serde_json::Value = serde_json::from_str(r#"{"access_token":""}"#).unwrap();
+        assert!(parse_token(&v).is_none());
+        assert_eq!(
+            scope_to_resource("https://vault.azure.net/.default"),
+            "https://vault.azure.net"
+        );
+    }
+}

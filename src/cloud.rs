@@ -1,0 +1,119 @@
+//! Named Azure clouds and the node's custom cloud: where AAD and Key Vault live.
+
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+
+/// The endpoints kv needs from a cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cloud {
+    /// Canonical name.
+    pub name: String,
+    /// AAD authority host, no trailing slash.
+    pub authority_host: String,
+    /// `<vault>.<suffix>` is the vault host.
+    pub vault_dns_suffix: String,
+    /// The token resource for Key Vault, no trailing slash.
+    pub vault_resource: String,
+}
+
+impl Cloud {
+    fn named(name: &str, authority: &str, suffix: &str) -> Cloud {
+        Cloud {
+            name: name.into(),
+            authority_host: authority.into(),
+            vault_dns_suffix: suffix.into(),
+            vault_resource: format!("https://{suffix}"),
+        }
+    }
+
+    /// Resolves `cloudname` (case-insensitive, go-autorest's names plus the newer spellings),
+    /// falling back to the node's default cloud, then public Azure.
+    pub fn resolve(option: Option<&str>, config: &NodeConfig) -> Result<Cloud> {
+        let name = option
+            .or(config.cloud.as_deref())
+            .unwrap_or("AzurePublicCloud");
+        match name.to_ascii_uppercase().as_str() {
+            "AZUREPUBLICCLOUD" | "AZURECLOUD" => Ok(Cloud::named(
+                "AzurePublicCloud",
+                "https://login.microsoftonline.com",
+                "vault.azure.net",
+            )),
+            "AZURECHINACLOUD" => Ok(Cloud::named(
+                "AzureChinaCloud",
+                "https://login.chinacloudapi.cn",
+                "vault.azure.cn",
+            )),
+            "AZUREUSGOVERNMENTCLOUD" | "AZUREUSGOVERNMENT" => Ok(Cloud::named(
+                "AzureUSGovernmentCloud",
+                "https://login.microsoftonline.us",
+                "vault.usgovcloudapi.net",
+            )),
+            "AZUREGERMANCLOUD" => Ok(Cloud::named(
+                "AzureGermanCloud",
+                "https://login.microsoftonline.de",
+                "vault.microsoftazure.de",
+            )),
+            "AZURESTACKCLOUD" => match &config.custom_cloud {
+                Some(c) => Ok(Cloud {
+                    name: "AzureStackCloud".into(),
+                    authority_host: c.authority_host.trim_end_matches('/').into(),
+                    vault_dns_suffix: c.key_vault_dns_suffix.trim_matches('.').into(),
+                    vault_resource: c.key_vault_resource.trim_end_matches('/').into(),
+                }),
+                None => Err(Error::options(
+                    "cloudname AzureStackCloud needs the node config's customCloud endpoints; ask the cluster operator to set them in kv.json",
+                )),
+            },
+            _ => Err(Error::options(format!(
+                "cloudname \"{}\" is not a known cloud: use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud",
+                crate::options::printable(name)
+            ))),
+        }
+    }
+
+    /// `https://<vault>.<suffix>/`.
+    pub fn vault_url(&self, vault: &str) -> String {
+        format!("https://{vault}.{}/", self.vault_dns_suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_with_aliases() {
+        let c = NodeConfig::default();
+        for (given, canonical, suffix) in [
+            (None, "AzurePublicCloud", "vault.azure.net"),
+            (Some("azurecloud"), "AzurePublicCloud", "vault.azure.net"),
+            (Some("AZURECHINACLOUD"), "AzureChinaCloud", "vault.azure.cn"),
+            (
+                Some("AzureUSGovernment"),
+                "AzureUSGovernmentCloud",
+                "vault.usgovcloudapi.net",
+            ),
+            (
+                Some("azureGermanCloud"),
+                "AzureGermanCloud",
+                "vault.microsoftazure.de",
+            ),
+        ] {
+            let cloud = Cloud::resolve(given, &c).unwrap();
+            assert_eq!(cloud.name, canonical);
+            assert_eq!(cloud.vault_dns_suffix, suffix);
+            assert_eq!(cloud.vault_resource, format!("https://{suffix}"));
+        }
+        assert!(Cloud::resolve(Some("Mars"), &c).is_err());
+        assert!(Cloud::resolve(Some("AzureStackCloud"), &c).is_err());
+    }
+
+    #[test]
+    fn stack_cloud_comes_from_node_config() {
+        let c = NodeConfig::parse(r#"{"cloud":"AzureStackCloud","customCloud":{"authorityHost":"https://login.local/","keyVaultDnsSuffix":"vault.local","keyVaultResource":"https://vault.local/"}}"#).unwrap();
+        let cloud = Cloud::resolve(None, &c).unwrap();
+        assert_eq!(cloud.authority_host, "https://login.local");
+        assert_eq!(cloud.vault_url("kv1"), "https://kv1.vault.local/");
+        assert_eq!(cloud.vault_resource, "https://vault.local");
+    }
+}

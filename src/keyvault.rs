@@ -1,0 +1,579 @@
+//! Fetching every object of a volume from Key Vault, concurrently, with the official SDK clients.
+//!
+//! Request plan for one mount (the network floor is two round trips):
+//! - the token request starts at once (see [`crate::mount`]);
+//! - per vault, the first object's request goes out at once without a token, so Key Vault's
+//!   401 challenge (which tells the SDK the token scope, and which the SDK checks against the
+//!   vault's host) overlaps the token request;
+//! - every other object waits only for the token and is sent with it, so a vault costs at most
+//!   one challenge however many objects it holds.
+//! Errors are mapped to catalogue codes that name the identity, vault, object and version.
+
+use crate::auth::{Credential, Provider};
+use crate::cloud::Cloud;
+use crate::error::{Code, Error, Result};
+use crate::options::ObjectSpec;
+use crate::render::{self, KeyMaterial, ObjectKind, RenderedFile};
+use async_trait::async_trait;
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{
+    ClientOptions, Context, ExponentialRetryOptions, Request, RetryOptions, Transport,
+};
+use azure_security_keyvault_certificates::{
+    models::CertificateClientGetCertificateOptions, CertificateClient, CertificateClientOptions,
+};
+use azure_security_keyvault_keys::{models::KeyClientGetKeyOptions, KeyClient, KeyClientOptions};
+use azure_security_keyvault_secrets::{
+    models::SecretClientGetSecretOptions, SecretClient, SecretClientOptions,
+};
+use futures::future::join_all;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One object's rendered files, relative to the volume root.
+pub struct FetchedObject {
+    /// Index into the spec's objects.
+    pub index: usize,
+    /// `(relative path, rendered file)`; empty when an optional object was missing.
+    pub files: Vec<(String, RenderedFile)>,
+}
+
+/// Adds the prefetched token to requests that skip the challenge.
+#[derive(Debug)]
+struct PrefetchedBearer {
+    provider: Arc<Provider>,
+    resource: String,
+}
+
+#[async_trait]
+impl Policy for PrefetchedBearer {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        if let Ok(token) = self.provider.token(&self.resource).await {
+            request.insert_header(
+                "authorization",
+                format!("Bearer {}", token.access_token.expose()),
+            );
+        }
+        // Without a token the request goes unauthenticated; the SDK's challenge handling then
+        // asks the credential, which reports the token error.
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
+
+/// The three SDK clients of one vault.
+struct VaultClients {
+    secrets: SecretClient,
+    keys: KeyClient,
+    certs: CertificateClient,
+}
+
+impl VaultClients {
+    fn new(
+        url: &str,
+        credential: &Credential,
+        client_options: ClientOptions,
+    ) -> Result<VaultClients> {
+        let cred: Arc<dyn azure_core::credentials::TokenCredential> = Arc::new(credential.clone());
+        let sdk = |e: azure_core::Error| {
+            Error::new(Code::Internal, format!("Key Vault client for {url}: {e}"))
+        };
+        Ok(VaultClients {
+            secrets: SecretClient::new(
+                url,
+                cred.clone(),
+                Some(SecretClientOptions {
+                    client_options: client_options.clone(),
+                    ..Default::default()
+                }),
+            )
+            .map_err(sdk)?,
+            keys: KeyClient::new(
+                url,
+                cred.clone(),
+                Some(KeyClientOptions {
+                    client_options: client_options.clone(),
+                    ..Default::default()
+                }),
+            )
+            .map_err(sdk)?,
+            certs: CertificateClient::new(
+                url,
+                cred,
+                Some(CertificateClientOptions {
+                    client_options,
+                    ..Default::default()
+                }),
+            )
+            .map_err(sdk)?,
+        })
+    }
+}
+
+/// What the fetch needs.
+pub struct Fetcher {
+    /// The call's HTTP client (shared pool for tokens and vaults).
+    pub http: reqwest::Client,
+    /// Token provider.
+    pub provider: Arc<Provider>,
+    /// Cloud of every vault in the volume.
+    pub cloud: Cloud,
+    /// The call's deadline.
+    pub deadline: crate::auth::Deadline,
+}
+
+impl Fetcher {
+    fn client_options(&self, prefetched: bool) -> ClientOptions {
+        let remaining = self.deadline.remaining();
+        let mut options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            // Small first delay, Retry-After honoured by the SDK for 429/503; never past the deadline.
+            retry: RetryOptions::exponential(ExponentialRetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(100),
+                max_retries: 6,
+                max_total_elapsed: azure_core::time::Duration::try_from(remaining)
+                    .unwrap_or(azure_core::time::Duration::seconds(60)),
+                max_delay: azure_core::time::Duration::seconds(4),
+            }),
+            ..Default::default()
+        };
+        if prefetched {
+            options.per_try_policies.push(Arc::new(PrefetchedBearer {
+                provider: self.provider.clone(),
+                resource: self.cloud.vault_resource.clone(),
+            }));
+        }
+        options
+    }
+
+    /// Fetches and renders every object; the first failure (in object order) wins.
+    pub async fn fetch_all(&self, objects: &[ObjectSpec]) -> Result<Vec<FetchedObject>> {
+        let credential = Credential(self.provider.clone());
+        let mut vaults: Vec<(&str, Arc<VaultClients>, Arc<VaultClients>)> = Vec::new();
+        for o in objects {
+            if !vaults.iter().any(|(v, _, _)| *v == o.vault) {
+                let url = self.cloud.vault_url(&o.vault);
+                let challenged = VaultClients::new(&url, &credential, self.client_options(false))?;
+                let prefetched = VaultClients::new(&url, &credential, self.client_options(true))?;
+                vaults.push((o.vault.as_str(), Arc::new(challenged), Arc::new(prefetched)));
+            }
+        }
+        let mut first_of_vault = std::collections::BTreeSet::new();
+        let futures = objects.iter().enumerate().map(|(index, o)| {
+            let (_, challenged, prefetched) = vaults
+                .iter()
+                .find(|(v, _, _)| *v == o.vault)
+                .cloned()
+                .expect("every object's vault has clients: built above");
+            let clients = if first_of_vault.insert(o.vault.clone()) {
+                challenged
+            } else {
+                prefetched
+            };
+            async move { self.fetch_one(index, o, &clients).await }
+        });
+        let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
+            .await
+            .map_err(|_| self.deadline.expired("Key Vault", None))?;
+        results.into_iter().collect()
+    }
+
+    async fn fetch_one(
+        &self,
+        index: usize,
+        o: &ObjectSpec,
+        clients: &VaultClients,
+    ) -> Result<FetchedObject> {
+        let started = Instant::now();
+        let versions: Vec<Option<String>> = if o.version_history > 1 {
+            self.list_versions(o, clients)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![o.version.clone()]
+        };
+        let mut files = Vec::new();
+        for (i, version) in versions.iter().enumerate() {
+            let rendered = match self.get_rendered(o, clients, version.as_deref()).await {
+                Ok(r) => r,
+                Err(e) if e.code == Code::NotFound && o.optional => {
+                    crate::log::warn(
+                        "optional_missing",
+                        serde_json::json!({"vault": o.vault, "object": o.name, "version": version}),
+                    );
+                    return Ok(FetchedObject {
+                        index,
+                        files: Vec::new(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            let base = if o.version_history > 1 {
+                format!("{}/{i}", o.file)
+            } else {
+                o.file.clone()
+            };
+            for f in rendered {
+                let path = match f.suffix {
+                    Some(s) => format!("{base}{s}"),
+                    None => base.clone(),
+                };
+                files.push((path, f));
+            }
+        }
+        crate::log::info(
+            "fetched",
+            serde_json::json!({"vault": o.vault, "object": o.name, "type": kind_name(o.kind), "version": o.version,
+                "files": files.len(), "ms": started.elapsed().as_secs_f64() * 1000.0}),
+        );
+        Ok(FetchedObject { index, files })
+    }
+
+    async fn get_rendered(
+        &self,
+        o: &ObjectSpec,
+        clients: &VaultClients,
+        version: Option<&str>,
+    ) -> Result<Vec<RenderedFile>> {
+        let render_err = |e: render::RenderError| {
+            Error::new(
+                Code::Render,
+                format!("vault {} object `{}`: {e}", o.vault, o.name),
+            )
+        };
+        match o.kind {
+            ObjectKind::Secret => {
+                let resp = clients
+                    .secrets
+                    .get_secret(
+                        &o.name,
+                        Some(SecretClientGetSecretOptions {
+                            secret_version: version.map(str::to_string),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                log_request_id(o, resp.headers());
+                let secret = resp
+                    .into_model()
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                let value = zeroize::Zeroizing::new(secret.value.unwrap_or_default());
+                render::render_secret(
+                    &o.name,
+                    &value,
+                    secret.content_type.as_deref(),
+                    secret.kid.is_some(),
+                    &o.render,
+                )
+                .map_err(render_err)
+            }
+            ObjectKind::Key => {
+                let resp = clients
+                    .keys
+                    .get_key(
+                        &o.name,
+                        Some(KeyClientGetKeyOptions {
+                            key_version: version.map(str::to_string),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                log_request_id(o, resp.headers());
+                let key = resp
+                    .into_model()
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                let jwk = key.key.ok_or_else(|| {
+                    Error::new(
+                        Code::Vault,
+                        format!(
+                            "vault {} returned key `{}` without its JWK",
+                            o.vault, o.name
+                        ),
+                    )
+                })?;
+                let material = KeyMaterial {
+                    kty: enum_text(&jwk.kty),
+                    crv: jwk.crv.as_ref().map(|c| enum_text(&Some(c))),
+                    n: jwk.n,
+                    e: jwk.e,
+                    x: jwk.x,
+                    y: jwk.y,
+                    kid: jwk.kid,
+                };
+                render::render_key(&o.name, &material, &o.render).map_err(render_err)
+            }
+            ObjectKind::Cert => {
+                let resp = clients
+                    .certs
+                    .get_certificate(
+                        &o.name,
+                        Some(CertificateClientGetCertificateOptions {
+                            certificate_version: version.map(str::to_string),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                log_request_id(o, resp.headers());
+                let cert = resp
+                    .into_model()
+                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                let der = cert.cer.ok_or_else(|| {
+                    Error::new(
+                        Code::Vault,
+                        format!(
+                            "vault {} returned certificate `{}` without `cer`",
+                            o.vault, o.name
+                        ),
+                    )
+                })?;
+                render::render_cert(&o.name, &der, &o.render).map_err(render_err)
+            }
+        }
+    }
+
+    /// The newest `version_history` enabled versions, newest first, starting at `o.version`.
+    async fn list_versions(&self, o: &ObjectSpec, clients: &VaultClients) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let mut found: Vec<(i64, String)> = Vec::new();
+        let map = |e| self.map_sdk_error(o, None, e);
+        let version_of =
+            |id: Option<String>| id.and_then(|id| id.rsplit('/').next().map(str::to_string));
+        match o.kind {
+            ObjectKind::Secret => {
+                let mut pager = clients
+                    .secrets
+                    .list_secret_properties_versions(&o.name, None)
+                    .map_err(map)?;
+                while let Some(p) = pager.try_next().await.map_err(map)? {
+                    let attrs = p.attributes.unwrap_or_default();
+                    if attrs.enabled != Some(false) {
+                        if let Some(v) = version_of(p.id) {
+                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
+                        }
+                    }
+                }
+            }
+            ObjectKind::Key => {
+                let mut pager = clients
+                    .keys
+                    .list_key_properties_versions(&o.name, None)
+                    .map_err(map)?;
+                while let Some(p) = pager.try_next().await.map_err(map)? {
+                    let attrs = p.attributes.unwrap_or_default();
+                    if attrs.enabled != Some(false) {
+                        if let Some(v) = version_of(p.kid) {
+                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
+                        }
+                    }
+                }
+            }
+            ObjectKind::Cert => {
+                let mut pager = clients
+                    .certs
+                    .list_certificate_properties_versions(&o.name, None)
+                    .map_err(map)?;
+                while let Some(p) = pager.try_next().await.map_err(map)? {
+                    let attrs = p.attributes.unwrap_or_default();
+                    if attrs.enabled != Some(false) {
+                        if let Some(v) = version_of(p.id) {
+                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
+                        }
+                    }
+                }
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        let start = match &o.version {
+            None => 0,
+            Some(v) => found
+                .iter()
+                .position(|(_, x)| x.eq_ignore_ascii_case(v))
+                .ok_or_else(|| {
+                    Error::new(
+                        Code::NotFound,
+                        format!(
+                            "vault {} has no enabled version {v} of `{}`",
+                            o.vault, o.name
+                        ),
+                    )
+                })?,
+        };
+        let versions: Vec<String> = found
+            .into_iter()
+            .skip(start)
+            .take(o.version_history as usize)
+            .map(|(_, v)| v)
+            .collect();
+        if versions.is_empty() {
+            return Err(Error::new(
+                Code::NotFound,
+                format!(
+                    "vault {} has no enabled version of {} `{}`",
+                    o.vault,
+                    kind_name(o.kind),
+                    o.name
+                ),
+            ));
+        }
+        Ok(versions)
+    }
+
+    /// Turns an SDK error into a catalogue error naming identity, vault, object and version.
+    fn map_sdk_error(&self, o: &ObjectSpec, version: Option<&str>, e: azure_core::Error) -> Error {
+        use azure_core::error::ErrorKind;
+        let what = format!(
+            "{} `{}`{} in vault {}",
+            kind_name(o.kind),
+            o.name,
+            version.map(|v| format!(" version {v}")).unwrap_or_default(),
+            o.vault
+        );
+        match e.kind() {
+            // The provider holds the typed token error; the SDK only carries its text.
+            ErrorKind::Credential => self.provider.last_error().unwrap_or_else(|| {
+                Error::new(Code::Aad, format!("getting a token for {what} failed"))
+            }),
+            ErrorKind::HttpResponse {
+                status,
+                raw_response,
+                ..
+            } => {
+                let status = u16::from(*status);
+                let (code, inner, message, request_id) = match raw_response {
+                    Some(raw) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(raw.body()).unwrap_or_default();
+                        let err = v.get("error").cloned().unwrap_or_default();
+                        let s = |x: &serde_json::Value, k: &str| {
+                            x.get(k).and_then(|y| y.as_str()).unwrap_or("").to_string()
+                        };
+                        let inner = err
+                            .get("innererror")
+                            .map(|i| s(i, "code"))
+                            .unwrap_or_default();
+                        let rid = raw
+                            .headers()
+                            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+                                "x-ms-request-id",
+                            ))
+                            .unwrap_or("")
+                            .to_string();
+                        (s(&err, "code"), inner, s(&err, "message"), rid)
+                    }
+                    None => Default::default(),
+                };
+                crate::log::error(
+                    "keyvault_error",
+                    serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": code, "innererror": inner, "request_id": request_id}),
+                );
+                let first_line = crate::options::printable(message.lines().next().unwrap_or(""));
+                let who = self.provider.identity_name();
+                match status {
+                    401 => Error::new(
+                        Code::VaultUnauthorized,
+                        format!("Key Vault rejected the token of {who} for {what} ({code}: {first_line}); check the cloud and tenant of the identity"),
+                    ),
+                    403 if inner == "SecretDisabled" || code.ends_with("Disabled") || message.contains("disabled") => Error::new(
+                        Code::Disabled,
+                        format!("{what} is disabled; enable it or name an enabled version"),
+                    ),
+                    403 => Error::new(
+                        Code::Forbidden,
+                        format!(
+                            "{who} may not get {what} ({}); grant it `get` on {} in the vault's access policy or the Key Vault {} User role",
+                            if inner.is_empty() { code.clone() } else { inner.clone() },
+                            plural(o.kind),
+                            role_noun(o.kind)
+                        ),
+                    ),
+                    404 => Error::new(
+                        Code::NotFound,
+                        format!("{what} was not found ({code}); check the name and version, or mark the object optional"),
+                    ),
+                    429 => Error::new(
+                        Code::Throttled,
+                        format!("Key Vault kept throttling requests for {what} until the deadline; spread pod starts or raise the vault's limits"),
+                    ),
+                    _ => Error::new(Code::Vault, format!("Key Vault answered HTTP {status} ({code}) for {what}")),
+                }
+            }
+            ErrorKind::Io | ErrorKind::Connection => {
+                let mut cause = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    cause = s.to_string();
+                    src = s.source();
+                }
+                Error::new(
+                    Code::Network,
+                    format!(
+                        "cannot reach vault {} at {}: {}",
+                        o.vault,
+                        self.cloud.vault_url(&o.vault),
+                        crate::options::printable(&cause)
+                    ),
+                )
+            }
+            _ => Error::new(
+                Code::Vault,
+                format!(
+                    "Key Vault answer for {what} is unusable: {}",
+                    crate::options::printable(&e.to_string())
+                ),
+            ),
+        }
+    }
+}
+
+fn log_request_id(o: &ObjectSpec, headers: &azure_core::http::headers::Headers) {
+    let rid = headers
+        .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+            "x-ms-request-id",
+        ))
+        .unwrap_or("");
+    crate::log::info(
+        "keyvault_response",
+        serde_json::json!({"vault": o.vault, "object": o.name, "request_id": rid}),
+    );
+}
+
+fn enum_text<T: serde::Serialize>(v: &Option<T>) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// `secret`, `key` or `cert`.
+pub fn kind_name(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Secret => "secret",
+        ObjectKind::Key => "key",
+        ObjectKind::Cert => "certificate",
+    }
+}
+
+fn plural(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Secret => "secrets",
+        ObjectKind::Key => "keys",
+        ObjectKind::Cert => "certificates",
+    }
+}
+
+fn role_noun(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Secret => "Secrets",
+        ObjectKind::Key => "Crypto",
+        ObjectKind::Cert => "Certificate",
+    }
+}

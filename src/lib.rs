@@ -1,0 +1,25 @@
+//! `kv`: the `azure/kv` Kubernetes FlexVolume driver.
+//!
+//! kubelet runs the binary once per call, as root, and parses its combined stdout+stderr as
+//! one JSON object: `kv init` answers with the capabilities, `kv mount <dir> <options-json>`
+//! fetches every Key Vault object named in the options, renders it to bytes in memory and only
+//! then mounts a tmpfs at `<dir>` holding the files, and `kv unmount <dir>` removes the tmpfs
+//! and the directory. Any other verb answers `{"status":"Not supported"}`. A failure is a
+//! `{"status":"Failure","message":...}` reply with exit code 0, because kubelet logs the whole
+//! argv (secretRef values included) when a driver exits non-zero. Logs go to a file, never to
+//! stdout or stderr.
+
+pub mod render;
+pub mod auth;
+pub mod cli;
+pub mod cloud;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keyvault;
+pub mod log;
+pub mod mount;
+pub mod options;
+pub mod reply;
+pub mod secret;
+pub mod volume;

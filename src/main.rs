@@ -1,0 +1,44 @@
+//! `kv`: wiring only. Parse, run, print exactly one reply, exit.
+
+use keyvault_flexvolume::{cli, reply::Reply};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().collect();
+    if cli::is_flexvolume_call(&args) {
+        // kubelet parses stdout and stderr combined: nothing may ever reach stderr.
+        silence_stderr();
+        std::panic::set_hook(Box::new(|info| {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            // The panic payload may quote data; only the location is reported.
+            let err = keyvault_flexvolume::error::Error::new(
+                keyvault_flexvolume::error::Code::Internal,
+                format!("kv hit a bug{at}; please report it with the node's kv log"),
+            );
+            Reply::failure(&err).emit();
+            // Exit 0 even now: on a non-zero exit kubelet logs the whole argv, secrets included.
+            std::process::exit(0);
+        }));
+    }
+    match cli::run(args) {
+        cli::Outcome::Reply(reply) => {
+            reply.emit();
+            // 0 for Failure too: kubelet still fails the call, and does not log argv.
+            ExitCode::SUCCESS
+        }
+        cli::Outcome::Text(text, code) => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn silence_stderr() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
+}

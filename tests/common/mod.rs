@@ -1,0 +1,308 @@
+//! Test harness: the shipped `kv` binary, run as kubelet runs it, inside a private network
+//! namespace where the emulator serves Azure's real addresses.
+//!
+//! Each [`Node`] copies the binary into its own plugin dir (`<tmp>/plugins/azure~kv/kv`) with
+//! its own `kv.json`, so tests are isolated from each other and from the host. kv runs in the
+//! namespace's mount namespace; its tmpfs mounts are inspected through `/proc/<holder>/`.
+
+#![allow(dead_code)]
+
+use kv_emulator::netns::{emulator_binary, example_scenario, Namespace};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const SYSTEM_MI: &str = "00000000-0000-0000-0000-00000000a001";
+pub const USER_MI: &str = "00000000-0000-0000-0000-00000000a002";
+pub const POD_MI: &str = "00000000-0000-0000-0000-00000000a003";
+pub const SP_ID: &str = "00000000-0000-0000-0000-00000000a004";
+pub const SP_SECRET: &str = "emulator-sp-secret";
+pub const NO_ACCESS_MI: &str = "00000000-0000-0000-0000-00000000a006";
+
+/// The example scenario as JSON, with its material dir made absolute so it can be edited.
+pub fn scenario() -> Value {
+    let path = example_scenario();
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let dir = path.parent().unwrap().to_path_buf();
+    v["material_dir"] = json!(dir.to_string_lossy());
+    v
+}
+
+/// The kv binary cargo built for these tests.
+pub fn kv_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kv"))
+}
+
+/// A node: emulator namespace, plugin dir with kv + kv.json, kubelet root.
+pub struct Node {
+    pub ns: Namespace,
+    pub root: PathBuf,
+    pub kv: PathBuf,
+    pub log: PathBuf,
+}
+
+/// What one kv call printed.
+pub struct Call {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+    pub reply: Value,
+}
+
+impl Call {
+    pub fn status(&self) -> &str {
+        self.reply["status"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.reply["message"].as_str().unwrap_or("")
+    }
+    #[track_caller]
+    pub fn assert_success(&self) {
+        assert_eq!(self.status(), "Success", "reply: {}", self.stdout);
+    }
+    #[track_caller]
+    pub fn assert_failure(&self, code: &str) {
+        assert_eq!(self.status(), "Failure", "reply: {}", self.stdout);
+        assert!(
+            self.message().starts_with(&format!("{code}: ")),
+            "want {code}, got: {}",
+            self.message()
+        );
+    }
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node::with(scenario(), json!({}))
+    }
+
+    /// A node with this scenario and this `kv.json` (`null` = no file).
+    pub fn with(scenario: Value, config: Value) -> Node {
+        let ns = Namespace::start(emulator_binary().expect("emulator binary"), scenario)
+            .unwrap_or_else(|e| panic!("emulator namespace: {e}"));
+        let root = std::env::temp_dir().join(format!(
+            "kv-it-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let plugin = root.join("plugins/azure~kv");
+        std::fs::create_dir_all(&plugin).unwrap();
+        let kv = plugin.join("kv");
+        std::fs::copy(kv_binary(), &kv).unwrap();
+        if !config.is_null() {
+            std::fs::write(plugin.join("kv.json"), config.to_string()).unwrap();
+        }
+        let log = root.join("kv-driver.log");
+        Node { ns, root, kv, log }
+    }
+
+    /// Rewrites the node config.
+    pub fn set_config(&self, config: Value) {
+        std::fs::write(
+            self.kv.parent().unwrap().join("kv.json"),
+            config.to_string(),
+        )
+        .unwrap();
+    }
+
+    /// A kubelet-style volume dir, created 0750 as kubelet does.
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        let uid = format!("{:08x}-uid", NEXT.fetch_add(1, Ordering::SeqCst));
+        let dir = self
+            .root
+            .join(format!("kubelet/pods/{uid}/volumes/azure~kv/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        dir
+    }
+
+    /// Runs kv with these args inside the namespace, as kubelet does (no stdin, env inherited).
+    pub fn kv<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Call {
+        let out: Output = self
+            .ns
+            .command(&self.kv)
+            .args(args)
+            .env("KV_LOG_FILE", &self.log)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kv");
+        call(out)
+    }
+
+    /// `kv mount <dir> <options>` with kubelet's own keys added.
+    pub fn mount(&self, dir: &Path, options: Value) -> Call {
+        let json = kubelet_options(dir, options).to_string();
+        self.kv(&[
+            std::ffi::OsStr::new("mount"),
+            dir.as_os_str(),
+            std::ffi::OsStr::new(&json),
+        ])
+    }
+
+    pub fn unmount(&self, dir: &Path) -> Call {
+        self.kv(&[std::ffi::OsStr::new("unmount"), dir.as_os_str()])
+    }
+
+    /// Whether `dir` is a mount point in the namespace, and its fs type.
+    pub fn mount_type(&self, dir: &Path) -> Option<String> {
+        let want = dir.to_string_lossy().replace(' ', "\\040");
+        self.ns.mountinfo().lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.get(4) == Some(&want.as_str()) {
+                let sep = f.iter().position(|x| *x == "-")?;
+                Some(f.get(sep + 1)?.to_string())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Files in the volume as the pod would see them: (relative path, bytes, mode, gid).
+    pub fn files(&self, dir: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let base = self.ns.host_path(dir);
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                let rel = e
+                    .path()
+                    .strip_prefix(&base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((
+                        rel,
+                        std::fs::read(e.path()).unwrap(),
+                        m.mode() & 0o7777,
+                        m.gid(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn file(&self, dir: &Path, name: &str) -> Vec<u8> {
+        std::fs::read(self.ns.host_path(dir.join(name))).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asserts the invariant after a failure: `dir` is not a mount point and holds nothing.
+    #[track_caller]
+    pub fn assert_nothing_left(&self, dir: &Path) {
+        assert_eq!(
+            self.mount_type(dir),
+            None,
+            "{} is still mounted",
+            dir.display()
+        );
+        let p = self.ns.host_path(dir);
+        if p.exists() {
+            assert_eq!(
+                std::fs::read_dir(&p).unwrap().count(),
+                0,
+                "{} is not empty",
+                dir.display()
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Parses kv's output as kubelet does: stdout+stderr combined must be exactly one JSON object.
+pub fn call(out: Output) -> Call {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.is_empty(), "kv wrote to stderr: {stderr:?}");
+    let combined = format!("{stdout}{stderr}");
+    let reply: Value = serde_json::from_str(combined.trim())
+        .unwrap_or_else(|e| panic!("kubelet could not parse {combined:?}: {e}"));
+    assert!(reply.is_object(), "not an object: {combined}");
+    let status = reply["status"].as_str().unwrap_or("");
+    assert!(
+        ["Success", "Failure", "Not supported"].contains(&status),
+        "status {status:?}"
+    );
+    Call {
+        stdout,
+        stderr,
+        code: out.status.code().unwrap_or(-1),
+        reply,
+    }
+}
+
+/// Adds the keys kubelet adds to a pod's flexVolume options.
+pub fn kubelet_options(dir: &Path, options: Value) -> Value {
+    let mut m = options.as_object().cloned().unwrap_or_default();
+    let vol = dir.file_name().unwrap().to_string_lossy().to_string();
+    let uid = dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    for (k, v) in [
+        ("kubernetes.io/fsType", ""),
+        ("kubernetes.io/readwrite", "rw"),
+        ("kubernetes.io/pvOrVolumeName", vol.as_str()),
+        ("kubernetes.io/pod.uid", uid.as_str()),
+        ("kubernetes.io/serviceAccount.name", "default"),
+    ] {
+        m.entry(k.to_string()).or_insert(json!(v));
+    }
+    m.entry("kubernetes.io/pod.name".to_string())
+        .or_insert(json!("demo-pod"));
+    m.entry("kubernetes.io/pod.namespace".to_string())
+        .or_insert(json!("demo"));
+    Value::Object(m)
+}
+
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `openssl` output for a command over stdin.
+pub fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
