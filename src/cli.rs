@@ -16,12 +16,49 @@ pub enum Outcome {
     Text(String, u8),
 }
 
-/// The FlexVolume verbs kubelet may send, to redirect stderr before anything else runs.
+/// Commands for people (not kubelet): they may print text and progress.
+const OPERATOR_COMMANDS: &[&str] = &["install", "fetch", "doctor", "logs", "help", "--help", "-h"];
+
+/// Whether kubelet (not a person) is calling: then stderr is redirected before anything runs.
 pub fn is_flexvolume_call(args: &[OsString]) -> bool {
-    !matches!(
-        args.get(1).and_then(|a| a.to_str()),
-        Some("--version" | "version" | "-V" | "help" | "--help")
-    )
+    !matches!(args.get(1).and_then(|a| a.to_str()),
+        Some(v) if OPERATOR_COMMANDS.contains(&v) || matches!(v, "--version" | "version" | "-V"))
+}
+
+/// Operator commands.
+#[derive(clap::Parser)]
+#[command(
+    name = "kv",
+    about = "azure/kv FlexVolume driver: Azure Key Vault objects as files on a tmpfs",
+    disable_version_flag = true
+)]
+enum Command {
+    /// Copy this binary into the kubelet plugin dir atomically (the installer DaemonSet's job).
+    Install(crate::install::InstallArgs),
+    /// Run the mount pipeline by hand and write the files to a directory or stdout.
+    Fetch(crate::fetch::FetchArgs),
+    /// Check this node: binary, plugin dir, config, tmpfs, IMDS, NMI, AAD, Key Vault.
+    Doctor(crate::doctor::DoctorArgs),
+    /// Print one pod's lines from the driver log.
+    Logs(crate::logs::LogsArgs),
+}
+
+fn operator(args: Vec<OsString>) -> Outcome {
+    use clap::Parser;
+    let parsed = match Command::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            return Outcome::Text(e.render().to_string(), code);
+        }
+    };
+    let (text, code) = match parsed {
+        Command::Install(a) => crate::install::run(a),
+        Command::Fetch(a) => crate::fetch::run(a),
+        Command::Doctor(a) => crate::doctor::run(a),
+        Command::Logs(a) => crate::logs::run(a),
+    };
+    Outcome::Text(text, code)
 }
 
 /// Runs one call.
@@ -32,6 +69,7 @@ pub fn run(args: Vec<OsString>) -> Outcome {
         "mount" => Outcome::Reply(reply(mount(&args))),
         "unmount" => Outcome::Reply(reply(unmount(&args))),
         "--version" | "version" | "-V" => Outcome::Text(version(), 0),
+        v if OPERATOR_COMMANDS.contains(&v) => operator(args),
         _ => Outcome::Reply(Reply::not_supported()),
     }
 }
