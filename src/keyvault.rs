@@ -7,6 +7,7 @@
 //!   vault's host) overlaps the token request;
 //! - every other object waits only for the token and is sent with it, so a vault costs at most
 //!   one challenge however many objects it holds.
+//!
 //! Errors are mapped to catalogue codes that name the identity, vault, object and version.
 
 use crate::auth::{Credential, Provider};
@@ -391,7 +392,7 @@ impl Fetcher {
                 }
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         let start = match &o.version {
             None => 0,
             Some(v) => found

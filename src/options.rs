@@ -1135,9 +1135,11 @@ mod tests {
         }
     }
 
+    type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>;
+
     #[test]
     fn validation_failures_name_the_option() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "keyvaultobjecttypes has 2",
                 Box::new(|m| {

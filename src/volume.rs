@@ -294,7 +294,7 @@ fn write_files(root: &OwnedFd, layout: &Layout) -> Result<()> {
                     root,
                     sub,
                     None,
-                    layout.gid.map(|g| rustix::fs::Gid::from_raw(g)),
+                    layout.gid.map(rustix::fs::Gid::from_raw),
                     rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| mount_err(&format!("cannot chown directory {sub}"), e))?;

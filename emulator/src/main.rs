@@ -34,6 +34,12 @@ struct Cli {
     /// Private key (PKCS#8 PEM) of --ca-cert.
     #[arg(long, requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// Print the host names the scenario needs resolved to 127.0.0.1 (one a line) and exit.
+    #[arg(long)]
+    print_hosts: bool,
+    /// Exit when standard input reaches end of file (the parent died or closed it).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 fn main() {
@@ -58,6 +64,12 @@ fn fail(msg: &str) -> ! {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let scenario = Scenario::from_file(&cli.scenario)?;
+    if cli.print_hosts {
+        for h in scenario.host_names() {
+            println!("{h}");
+        }
+        return Ok(());
+    }
     let ca = match (&cli.ca_cert, &cli.ca_key) {
         (Some(c), Some(k)) => Some((
             std::fs::read_to_string(c).map_err(|e| format!("reading {}: {e}", c.display()))?,
@@ -82,19 +94,37 @@ async fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
     let map = emu.endpoints.to_json().to_string();
-    if cli.bind_local {
-        println!("{map}");
-    }
     if let Some(p) = &cli.ready_file {
         kv_emulator::write_atomic(p, format!("{map}\n").as_bytes())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
+    if cli.bind_local {
+        println!("{map}");
+    }
     eprintln!("kv-emulator: ready {map}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("signal handler: {e}"))?;
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+    if cli.exit_on_stdin_eof {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = eof_tx.send(());
+        });
+    }
+    let stdin_eof = async move {
+        if cli.exit_on_stdin_eof {
+            let _ = eof_rx.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+        _ = stdin_eof => {},
     }
     emu.shutdown();
     eprintln!("kv-emulator: stopped");

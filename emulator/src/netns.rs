@@ -3,7 +3,8 @@
 //!
 //! Layout: `ip netns add kvt-<pid>-<n>` (loopback only, plus 169.254.169.254/32 on `lo`), a
 //! hosts file in `/etc/netns/<ns>/hosts` resolving every AAD host and every scenario vault to
-//! 127.0.0.1, and a *holder* process (`ip netns exec <ns> sleep infinity`) that lives in the
+//! 127.0.0.1, and a *holder* process (`ip netns exec <ns> sh -c 'read _'`, which exits when
+//! its stdin — held by the [`Namespace`] — closes, so it dies with the test process) that lives in the
 //! netns and in the mount namespace `ip netns exec` creates (where `/etc/hosts` is the netns
 //! hosts file). The emulator and every [`Namespace::command`] child join the holder's network
 //! and mount namespaces with `nsenter -t <holder> -n -m`, so tmpfs mounts a child makes stay
@@ -140,6 +141,9 @@ pub struct Namespace {
     holder: Option<Child>,
     holder_pid: u32,
     emulator: Option<Child>,
+    /// Held open: the holder and the emulator exit when it closes (also if this process dies).
+    holder_stdin: Option<std::process::ChildStdin>,
+    emulator_stdin: Option<std::process::ChildStdin>,
     emulator_bin: PathBuf,
     extra_hosts: Vec<String>,
     netns_created: bool,
@@ -182,6 +186,8 @@ impl Namespace {
             holder: None,
             holder_pid: 0,
             emulator: None,
+            holder_stdin: None,
+            emulator_stdin: None,
             emulator_bin,
             extra_hosts: extra_hosts.iter().map(|s| s.to_string()).collect(),
             netns_created: false,
@@ -204,27 +210,29 @@ impl Namespace {
             ],
         )?;
         ns.write_hosts(&scenario_path)?;
-        let holder = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sleep", "infinity"])
-            .stdin(Stdio::null())
+        // `read` returns at EOF: the holder dies with us even if we are SIGKILLed.
+        let mut holder = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sh", "-c", "read _ignored"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| Error(format!("starting holder: {e}")))?;
         ns.holder_pid = holder.id();
+        ns.holder_stdin = holder.stdin.take();
         ns.holder = Some(holder);
-        // Wait until `ip netns exec` has set up the namespaces and exec'd sleep.
+        // Wait until `ip netns exec` has set up the namespaces and exec'd sh.
         let t0 = Instant::now();
         loop {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", ns.holder_pid))
                 .unwrap_or_default();
-            if comm.trim() == "sleep" {
+            if comm.trim() == "sh" {
                 break;
             }
             if let Some(h) = ns.holder.as_mut() {
                 if let Ok(Some(st)) = h.try_wait() {
                     return err(format!(
-                        "holder `ip netns exec {} sleep infinity` exited: {st}",
+                        "holder `ip netns exec {} sh` exited: {st}",
                         ns.name
                     ));
                 }
@@ -308,11 +316,14 @@ impl Namespace {
             .arg(&ready)
             .arg("--cache-dir")
             .arg(&cache)
-            .stdin(Stdio::null())
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .map_err(|e| Error(format!("starting emulator via nsenter: {e}")))?;
+        let mut child = child;
+        self.emulator_stdin = child.stdin.take();
         self.emulator = Some(child);
         let t0 = Instant::now();
         loop {
@@ -423,6 +434,7 @@ impl Namespace {
 
     /// Stop the emulator (connections then fail with "connection refused").
     pub fn stop_emulator(&mut self) {
+        self.emulator_stdin = None;
         if let Some(mut c) = self.emulator.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -441,6 +453,7 @@ impl Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         self.stop_emulator();
+        self.holder_stdin = None;
         if let Some(mut h) = self.holder.take() {
             let _ = h.kill();
             let _ = h.wait();

@@ -1,5 +1,5 @@
 //! Tests of the emulator over real HTTP/TLS: in-process servers on loopback ephemeral ports,
-//! plus a few network-namespace tests (root only; skipped otherwise).
+//! plus a few network-namespace tests (root and a built emulator binary required; they fail otherwise).
 
 use kv_emulator::scenario::Scenario;
 use kv_emulator::{Emulator, Options};
@@ -1247,8 +1247,7 @@ fn netns_available() -> bool {
 #[test]
 fn real_addresses_refused_outside_a_netns() {
     let Ok(bin) = kv_emulator::netns::emulator_binary() else {
-        eprintln!("skipped: kv-emulator binary not built");
-        return;
+        panic!("cannot run: kv-emulator binary not built (run as root after cargo build --workspace --bins)");
     };
     let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
     if dev
@@ -1256,8 +1255,7 @@ fn real_addresses_refused_outside_a_netns() {
         .skip(2)
         .all(|l| l.trim_start().starts_with("lo:"))
     {
-        eprintln!("skipped: already in a loopback-only netns");
-        return;
+        panic!("cannot run: already in a loopback-only netns (run as root after cargo build --workspace --bins)");
     }
     let out = std::process::Command::new(bin)
         .arg("--scenario")
@@ -1273,8 +1271,7 @@ fn real_addresses_refused_outside_a_netns() {
 #[test]
 fn netns_end_to_end() {
     if !netns_available() {
-        eprintln!("skipped: needs root and a built kv-emulator binary");
-        return;
+        panic!("cannot run: needs root and a built kv-emulator binary (run as root after cargo build --workspace --bins)");
     }
     use kv_emulator::netns::{emulator_binary, example_scenario, Namespace};
     let bin = emulator_binary().expect("bin");
@@ -1353,7 +1350,7 @@ fn netns_end_to_end() {
     assert!(
         !Path::new(&format!("/proc/{holder}")).exists()
             || std::fs::read_to_string(format!("/proc/{holder}/comm"))
-                .map(|c| c.trim() != "sleep")
+                .map(|c| c.trim() != "sh")
                 .unwrap_or(true)
     );
     assert!(!Path::new("/run/netns").join(&name).exists());
@@ -1363,8 +1360,7 @@ fn netns_end_to_end() {
 #[test]
 fn netns_parallel_unique() {
     if !netns_available() {
-        eprintln!("skipped: needs root and a built kv-emulator binary");
-        return;
+        panic!("cannot run: needs root and a built kv-emulator binary (run as root after cargo build --workspace --bins)");
     }
     use kv_emulator::netns::{emulator_binary, example_scenario, Namespace};
     let bin = emulator_binary().expect("bin");
@@ -1389,8 +1385,7 @@ fn netns_parallel_unique() {
 #[test]
 fn netns_reports_emulator_failure() {
     if !netns_available() {
-        eprintln!("skipped: needs root and a built kv-emulator binary");
-        return;
+        panic!("cannot run: needs root and a built kv-emulator binary (run as root after cargo build --workspace --bins)");
     }
     use kv_emulator::netns::{emulator_binary, Namespace};
     let bad = json!({"vaults": [{"name": "v1", "tenant": "t", "keys": [{"name": "k", "kty": "RSA", "pem_file": "/nonexistent.pem"}]}]});
@@ -1398,4 +1393,53 @@ fn netns_reports_emulator_failure() {
         .err()
         .expect("must fail");
     assert!(e.to_string().contains("nonexistent.pem"), "{e}");
+}
+
+#[test]
+fn binary_bind_local_prints_endpoints_and_exits_on_stdin_eof() {
+    let Ok(bin) = kv_emulator::netns::emulator_binary() else {
+        panic!("cannot run: kv-emulator binary not built (run as root after cargo build --workspace --bins)");
+    };
+    use std::io::BufRead;
+    let dir = temp_dir();
+    let ready = dir.0.join("ready");
+    let mut child = std::process::Command::new(bin)
+        .arg("--scenario")
+        .arg(scenarios_dir().join("example.json"))
+        .arg("--bind-local")
+        .arg("--exit-on-stdin-eof")
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--ca-out")
+        .arg(dir.0.join("ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let map = j(&line);
+    for k in ["imds", "nmi", "https"] {
+        assert!(
+            map[k].as_str().expect("addr").contains("127.0.0.1:"),
+            "{map}"
+        );
+    }
+    assert!(ready.is_file() && dir.0.join("ca.pem").is_file());
+    drop(child.stdin.take());
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(st.success());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "emulator did not exit on stdin EOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
