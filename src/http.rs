@@ -67,3 +67,53 @@ fn roots() -> Result<rustls::RootCertStore> {
     }
     Ok(store)
 }
+
+/// The most bytes kv reads from any response: Key Vault objects are at most 25 KB (a
+/// certificate's PFX a few KB), so a larger body is a broken or hostile server, and reading it
+/// whole would let that server exhaust the node's memory.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`].
+#[derive(Debug, Clone)]
+pub struct BoundedTransport(pub reqwest::Client);
+
+#[async_trait::async_trait]
+impl azure_core::http::HttpClient for BoundedTransport {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        use futures::StreamExt;
+        let response = self.0.execute_request(request).await?;
+        let (status, headers, body) = response.deconstruct();
+        let mut seen = 0usize;
+        let bounded = body.map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len();
+            if seen > MAX_BODY_BYTES {
+                return Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::DataConversion,
+                    format!("response body is larger than {MAX_BODY_BYTES} bytes"),
+                ));
+            }
+            Ok(chunk)
+        });
+        Ok(azure_core::http::AsyncRawResponse::new(
+            status,
+            headers,
+            Box::pin(bounded),
+        ))
+    }
+}
+
+/// Reads a token endpoint's body, refusing more than [`MAX_BODY_BYTES`].
+pub async fn read_bounded(mut response: reqwest::Response) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}

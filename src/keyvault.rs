@@ -131,7 +131,9 @@ impl Fetcher {
     fn client_options(&self, prefetched: bool) -> ClientOptions {
         let remaining = self.deadline.remaining();
         let mut options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            transport: Some(Transport::new(Arc::new(crate::http::BoundedTransport(
+                self.http.clone(),
+            )))),
             // Small first delay, Retry-After honoured by the SDK for 429/503; never past the deadline.
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(100),

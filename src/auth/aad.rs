@@ -58,7 +58,12 @@ pub async fn fetch(
             };
             let status = resp.status().as_u16();
             let after = retry::retry_after(resp.headers());
-            let body = resp.bytes().await.unwrap_or_default();
+            let Some(body) = crate::http::read_bounded(resp).await else {
+                return Attempt::Done(Err(Error::new(
+                    Code::Network,
+                    "AAD answered with a body over 1 MiB",
+                )));
+            };
             match status {
                 200 => Attempt::Done(
                     serde_json::from_slice(&body)

@@ -46,7 +46,12 @@ pub async fn fetch(
                 }
             };
             let status = resp.status().as_u16();
-            let body = resp.bytes().await.unwrap_or_default();
+            let Some(body) = crate::http::read_bounded(resp).await else {
+                return Attempt::Done(Err(Error::new(
+                    Code::Network,
+                    "NMI answered with a body over 1 MiB",
+                )));
+            };
             match status {
                 200 => Attempt::Done(parse(&body)),
                 404 | 403 => Attempt::Retry {

@@ -10,7 +10,12 @@ use zeroize::Zeroizing;
 use super::asn1::{self, PublicKey};
 use super::chain::{self, CertInfo};
 use super::pkcs12;
-use super::{malformed, pem, shown, unsupported, Encoding, Fault, Format, RenderOptions, RenderedFile};
+use super::{
+    malformed, pem, shown, unsupported, Encoding, Fault, Format, RenderOptions, RenderedFile,
+};
+
+/// PEM text that may hold a private key.
+type Pem = Zeroizing<Vec<u8>>;
 
 const PKCS12: &str = "application/x-pkcs12";
 const PEM_FILE: &str = "application/x-pem-file";
@@ -72,7 +77,7 @@ pub(crate) fn render(
     };
 
     let mut files = Vec::new();
-    let pems = bundle.map(|b| b.to_pem()).transpose()?;
+    let pems = bundle.map(|b| b.into_pem()).transpose()?;
     match (main, &pems) {
         (Some(main), _) => files.push(RenderedFile::main(main)),
         (None, Some((keys, certs))) => {
@@ -143,16 +148,14 @@ fn from_pem(text: &str) -> Result<Bundle, Fault> {
         }
     }
     if bundle.keys.is_empty() && bundle.certs.is_empty() {
-        return Err(malformed(
-            "PEM secret holds no private key or certificate",
-        ));
+        return Err(malformed("PEM secret holds no private key or certificate"));
     }
     Ok(bundle)
 }
 
 impl Bundle {
     /// (keys PEM, ordered certificates PEM). Validates every key and certificate.
-    fn to_pem(self) -> Result<(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>), Fault> {
+    fn into_pem(self) -> Result<(Pem, Pem), Fault> {
         let mut key_public: Option<PublicKey> = None;
         let mut keys = Zeroizing::new(Vec::new());
         for (i, key) in self.keys.iter().enumerate() {
@@ -177,7 +180,10 @@ impl Bundle {
             .enumerate()
             .map(|(i, der)| {
                 CertInfo::parse(der).map_err(|_| {
-                    malformed(format!("certificate {} of the secret is not valid X.509", i + 1))
+                    malformed(format!(
+                        "certificate {} of the secret is not valid X.509",
+                        i + 1
+                    ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -420,11 +420,8 @@ fn base64_lenient(text: &str) -> Option<Zeroizing<Vec<u8>>> {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
-        text.bytes()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect(),
-    );
+    let compact: Zeroizing<Vec<u8>> =
+        Zeroizing::new(text.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
     ENGINE.decode(&compact[..]).ok().map(Zeroizing::new)
 }
 

@@ -111,8 +111,8 @@ mod tests {
     #[test]
     fn decode_round_trips_and_tolerates_crlf_and_text() {
         let mut text = String::from("explanatory text\r\n");
-        text.push_str(&String::from_utf8(encode("A", b"hello").to_vec()).unwrap());
-        text.push_str(&String::from_utf8(encode("B C", &[0u8; 70]).to_vec()).unwrap());
+        text.push_str(std::str::from_utf8(&encode("A", b"hello")).unwrap());
+        text.push_str(std::str::from_utf8(&encode("B C", &[0u8; 70])).unwrap());
         let text = text.replace('\n', "\r\n");
         let blocks = decode_all(&text).unwrap();
         assert_eq!(blocks.len(), 2);

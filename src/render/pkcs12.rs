@@ -115,11 +115,12 @@ fn read_bags(
     budget: &mut Budget,
     contents: &mut Contents,
 ) -> Result<(), Fault> {
-    let bags = SafeContents::from_der(plain).map_err(|_| malformed("PKCS#12 bags are not valid DER"))?;
+    let bags =
+        SafeContents::from_der(plain).map_err(|_| malformed("PKCS#12 bags are not valid DER"))?;
     for bag in bags {
         // `bag_value` is the whole `[0] EXPLICIT` element; its content is the bag.
-        let inner = Any::from_der(&bag.bag_value)
-            .map_err(|_| malformed("PKCS#12 bag is not valid DER"))?;
+        let inner =
+            Any::from_der(&bag.bag_value).map_err(|_| malformed("PKCS#12 bag is not valid DER"))?;
         let inner = inner.value();
         if bag.bag_id == pkcs12::PKCS_12_CERT_BAG_OID {
             let cert = pkcs12::cert_type::CertBag::from_der(inner)
@@ -142,7 +143,9 @@ fn read_bags(
         } else if bag.bag_id == pkcs12::PKCS_12_KEY_BAG_OID {
             contents.keys.push(Zeroizing::new(inner.to_vec()));
         } else if bag.bag_id == pkcs12::PKCS_12_SAFE_CONTENTS_BAG_OID {
-            return Err(unsupported("nested PKCS#12 safe contents are not supported"));
+            return Err(unsupported(
+                "nested PKCS#12 safe contents are not supported",
+            ));
         }
         // CRL and secret bags carry nothing we write.
     }
@@ -151,7 +154,9 @@ fn read_bags(
 
 /// The bytes of an OCTET STRING held in an `Any`.
 fn octets(any: &Any) -> Option<Vec<u8>> {
-    any.decode_as::<OctetString>().ok().map(OctetString::into_bytes)
+    any.decode_as::<OctetString>()
+        .ok()
+        .map(OctetString::into_bytes)
 }
 
 /// Key-derivation work done so far, refused past `MAX_TOTAL_ITERATIONS`.
@@ -255,7 +260,9 @@ fn decrypt(
         return pbes2(params, data, budget);
     }
     let pbe = pkcs12_pbe(oid).ok_or_else(|| {
-        unsupported(format!("PKCS#12 encryption algorithm {oid} is not supported"))
+        unsupported(format!(
+            "PKCS#12 encryption algorithm {oid} is not supported"
+        ))
     })?;
     let params: Pkcs12PbeParams = params.decode_as().map_err(|_| bad_params())?;
     let salt = params.salt.as_bytes();
@@ -317,4 +324,65 @@ fn pbes2(params: &Any, data: &[u8], budget: &mut Budget) -> Result<Zeroizing<Vec
         .decrypt(b"", data)
         .map(Zeroizing::new)
         .map_err(|_| malformed("PKCS#12 decryption failed (not the empty password, or corrupt)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pbe_params(iterations: i32, salt: &[u8]) -> Any {
+        let params = Pkcs12PbeParams {
+            salt: OctetString::new(salt).unwrap(),
+            iterations,
+        };
+        Any::from_der(&params.to_der().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn decrypt_rejects_bad_lengths_counts_and_algorithms_without_panicking() {
+        let oids = [
+            pkcs12::PKCS_12_PBE_WITH_SHAAND3_KEY_TRIPLE_DES_CBC,
+            pkcs12::PKCS_12_PBE_WITH_SHAAND2_KEY_TRIPLE_DES_CBC,
+            pkcs12::PKCS_12_PBE_WITH_SHAAND128_BIT_RC2_CBC,
+            pkcs12::PKCS_12_PBEWITH_SHAAND40_BIT_RC2_CBC,
+        ];
+        for oid in oids {
+            for data in [&[][..], &[1u8; 7][..], &[2u8; 13][..], &[3u8; 16][..]] {
+                let params = pbe_params(10, &[9; 8]);
+                let result = decrypt(&oid, Some(&params), data, &[0, 0], &mut Budget(0));
+                assert!(result.is_err(), "{oid} {}", data.len());
+            }
+            let cases = [
+                (pbe_params(0, &[1; 8]), "not positive"),
+                (pbe_params(-5, &[1; 8]), "not positive"),
+                (pbe_params(i32::MAX, &[1; 8]), "more than"),
+                (pbe_params(10, &[]), "not valid DER"),
+            ];
+            for (params, want) in cases {
+                let err =
+                    decrypt(&oid, Some(&params), &[0; 8], &[0, 0], &mut Budget(0)).unwrap_err();
+                assert!(format!("{err:?}").contains(want), "{err:?}");
+            }
+            assert!(decrypt(&oid, None, &[0; 8], &[], &mut Budget(0)).is_err());
+        }
+        let unknown = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.1");
+        let err = decrypt(
+            &unknown,
+            Some(&pbe_params(1, &[1])),
+            &[0; 8],
+            &[],
+            &mut Budget(0),
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").contains("Unsupported"), "{err:?}");
+    }
+
+    #[test]
+    fn budget_caps_total_work() {
+        let mut budget = Budget(0);
+        for _ in 0..4 {
+            budget.spend(i64::from(MAX_ITERATIONS)).unwrap();
+        }
+        assert!(matches!(budget.spend(1), Err(Fault::TooLarge(_))));
+    }
 }
