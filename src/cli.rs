@@ -36,7 +36,7 @@ enum Command {
     /// Copy this binary into the kubelet plugin dir atomically (the installer DaemonSet's job).
     Install(crate::install::InstallArgs),
     /// Run the mount pipeline by hand and write the files to a directory or stdout.
-    Fetch(crate::fetch::FetchArgs),
+    Fetch(Box<crate::fetch::FetchArgs>),
     /// Check this node: binary, plugin dir, config, tmpfs, IMDS, NMI, AAD, Key Vault.
     Doctor(crate::doctor::DoctorArgs),
     /// Print one pod's lines from the driver log.
@@ -54,7 +54,7 @@ fn operator(args: Vec<OsString>) -> Outcome {
     };
     let (text, code) = match parsed {
         Command::Install(a) => crate::install::run(a),
-        Command::Fetch(a) => crate::fetch::run(a),
+        Command::Fetch(a) => crate::fetch::run(*a),
         Command::Doctor(a) => crate::doctor::run(a),
         Command::Logs(a) => crate::logs::run(a),
     };
@@ -134,6 +134,9 @@ fn unmount(args: &[OsString]) -> Result<(), Error> {
     start_log(&config, "unmount");
     crate::log::set_context("dir", dir.to_string_lossy().as_ref());
     crate::volume::validate_kubelet_dir(&dir)?;
+    if let Some(uid) = crate::volume::pod_uid(&dir) {
+        crate::log::set_context("pod_uid", uid);
+    }
     let _lock = crate::volume::lock(&dir)?;
     crate::volume::unmount(&dir)
 }

@@ -1,10 +1,564 @@
-//! `kv doctor`: placeholder.
+//! `kv doctor`: checks a node the way kv will use it, one line per check with the fix.
+//!
+//! Every check is read-only for the node: tmpfs is tried as a detached mount that is never
+//! attached, and object checks fetch into memory and report sizes, never values.
 
-/// Arguments.
-#[derive(clap::Args, Debug)]
-pub struct DoctorArgs {}
+use crate::cloud::Cloud;
+use crate::config::NodeConfig;
+use crate::error::{Code, Error};
+use crate::options::VolumeSpec;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Runs the command.
-pub fn run(_args: DoctorArgs) -> (String, u8) {
-    ("not implemented yet\n".into(), 1)
+/// Arguments of `kv doctor`.
+#[derive(clap::Args, Debug, Default)]
+pub struct DoctorArgs {
+    /// The options of a volume to check (token and `get` on each object).
+    #[arg(long, value_name = "JSON")]
+    pub options: Option<String>,
+    /// A file holding the options JSON.
+    #[arg(long, value_name = "FILE")]
+    pub options_file: Option<PathBuf>,
+    /// The kubelet volume plugin dir (default: read from the running kubelet, else the usual places).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// NMI port to probe (default: node config, else 2579).
+    #[arg(long)]
+    pub nmi_port: Option<u16>,
+}
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Pass,
+    /// Not needed by every volume, or worth a look.
+    Warn,
+    /// A mount that needs this will fail.
+    Fail,
+}
+
+struct Report {
+    lines: Vec<(Verdict, String, String)>,
+    tty: bool,
+}
+
+impl Report {
+    fn add(&mut self, verdict: Verdict, check: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        if self.tty {
+            // Progress for a person at a terminal; the report itself goes to stdout at the end.
+            let _ = writeln!(std::io::stderr(), "… {check}");
+        }
+        self.lines.push((verdict, check.to_string(), detail));
+    }
+
+    fn render(&self) -> (String, u8) {
+        let mut text = String::new();
+        for (v, check, detail) in &self.lines {
+            let tag = match v {
+                Verdict::Pass => "PASS",
+                Verdict::Warn => "WARN",
+                Verdict::Fail => "FAIL",
+            };
+            text.push_str(&format!("{tag}  {check:<14} {detail}\n"));
+        }
+        let failed = self.lines.iter().filter(|l| l.0 == Verdict::Fail).count();
+        let warned = self.lines.iter().filter(|l| l.0 == Verdict::Warn).count();
+        text.push_str(&format!(
+            "{} checks: {} passed, {failed} failed, {warned} warnings\n",
+            self.lines.len(),
+            self.lines.len() - failed - warned
+        ));
+        (text, u8::from(failed > 0))
+    }
+}
+
+/// Plugin dirs of the common distributions, for when kubelet's flag cannot be read.
+const PLUGIN_DIRS: &[&str] = &[
+    "/usr/libexec/kubernetes/kubelet-plugins/volume/exec",
+    "/etc/kubernetes/volumeplugins",
+    "/home/kubernetes/flexvolume",
+    "/var/lib/kubelet/volumeplugins",
+    "/etc/kubernetes/kubelet-plugins/volume/exec",
+];
+
+/// Runs `kv doctor`.
+pub fn run(args: DoctorArgs) -> (String, u8) {
+    let mut r = Report {
+        lines: Vec::new(),
+        tty: std::io::stderr().is_terminal(),
+    };
+    check_binary(&mut r);
+    let config = check_install_and_config(&mut r, args.plugin_dir.as_deref());
+    check_tmpfs(&mut r);
+
+    let spec = match options_text(&args) {
+        Ok(None) => None,
+        Ok(Some(text)) => match VolumeSpec::parse(&text) {
+            Ok(s) => {
+                r.add(
+                    Verdict::Pass,
+                    "options",
+                    format!("{} object(s), {}", s.objects.len(), s.identity.describe()),
+                );
+                Some(s)
+            }
+            Err(e) => {
+                r.add(Verdict::Fail, "options", format!("{e}"));
+                None
+            }
+        },
+        Err(e) => {
+            r.add(Verdict::Fail, "options", format!("{e}"));
+            None
+        }
+    };
+    let cloud = match Cloud::resolve(spec.as_ref().and_then(|s| s.cloud.as_deref()), &config) {
+        Ok(c) => c,
+        Err(e) => {
+            r.add(Verdict::Fail, "cloud", e.to_string());
+            return r.render();
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            r.add(Verdict::Fail, "runtime", e.to_string());
+            return r.render();
+        }
+    };
+    runtime.block_on(network_checks(
+        &mut r,
+        &args,
+        &config,
+        &cloud,
+        spec.as_ref(),
+    ));
+    if let Some(spec) = &spec {
+        check_objects(&mut r, spec, &cloud, &config);
+    }
+    r.render()
+}
+
+fn options_text(args: &DoctorArgs) -> Result<Option<String>, Error> {
+    match (&args.options, &args.options_file) {
+        (Some(o), None) => Ok(Some(o.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(Some)
+            .map_err(|e| Error::new(Code::Usage, format!("cannot read {}: {e}", f.display()))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::new(
+            Code::Usage,
+            "give --options or --options-file, not both",
+        )),
+    }
+}
+
+/// A dynamically linked kv fails where there is no loader (the distroless KCM container).
+fn check_binary(r: &mut Report) {
+    match std::fs::read("/proc/self/exe") {
+        Ok(elf) => {
+            if has_interpreter(&elf) {
+                r.add(
+                    Verdict::Warn,
+                    "binary",
+                    "dynamically linked: use the static release build (scripts/build-release)",
+                );
+            } else {
+                r.add(
+                    Verdict::Pass,
+                    "binary",
+                    format!("statically linked, {}", crate::cli::version().trim()),
+                );
+            }
+        }
+        Err(e) => r.add(
+            Verdict::Warn,
+            "binary",
+            format!("cannot read /proc/self/exe: {e}"),
+        ),
+    }
+}
+
+/// Whether an ELF64 little-endian file has a PT_INTERP program header.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 8]| u64::from_le_bytes(b) as usize)
+    };
+    if elf.get(0..4) != Some(b"\x7fELF".as_slice()) || elf.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        elf.get(phoff + i * phentsize..phoff + i * phentsize + 4)
+            .is_some_and(|t| t == [3, 0, 0, 0])
+    })
+}
+
+/// kubelet's `--volume-plugin-dir`, read from its command line or config file.
+fn kubelet_plugin_dir() -> Option<PathBuf> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for p in procs.flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("kubelet")) {
+            continue;
+        }
+        for (i, a) in args.iter().enumerate() {
+            if let Some(v) = a.strip_prefix("--volume-plugin-dir=") {
+                return Some(PathBuf::from(v));
+            }
+            if a == "--volume-plugin-dir" {
+                return args.get(i + 1).map(PathBuf::from);
+            }
+        }
+        let config = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--config=").map(str::to_string));
+        if let Some(text) = config.and_then(|c| std::fs::read_to_string(c).ok()) {
+            for line in text.lines() {
+                if let Some(v) = line.trim().strip_prefix("volumePluginDir:") {
+                    return Some(PathBuf::from(v.trim().trim_matches('"')));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn check_install_and_config(r: &mut Report, given: Option<&Path>) -> NodeConfig {
+    let (dir, source) = match given {
+        Some(d) => (Some(d.to_path_buf()), "--plugin-dir"),
+        None => match kubelet_plugin_dir() {
+            Some(d) => (Some(d), "kubelet's --volume-plugin-dir"),
+            None => (
+                PLUGIN_DIRS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|d| d.join("azure~kv/kv").exists()),
+                "the usual plugin dirs",
+            ),
+        },
+    };
+    let installed = dir.as_ref().map(|d| d.join("azure~kv/kv"));
+    match &installed {
+        Some(kv) if kv.exists() => {
+            let same = std::fs::read(kv).ok() == std::fs::read("/proc/self/exe").ok();
+            let mode = std::fs::metadata(kv).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap_or(0);
+            if mode & 0o111 == 0 {
+                r.add(Verdict::Fail, "install", format!("{} is not executable: chmod 0755 it, or rerun kv install", kv.display()));
+            } else if same {
+                r.add(Verdict::Pass, "install", format!("{} (found via {source}) is this binary", kv.display()));
+            } else {
+                r.add(Verdict::Warn, "install", format!("{} (found via {source}) differs from this binary: an upgrade may be rolling out", kv.display()));
+            }
+        }
+        Some(kv) => r.add(
+            Verdict::Fail,
+            "install",
+            format!(
+                "kv is not installed at {} (plugin dir from {source}): run the installer DaemonSet with this plugin dir, or pass the right --plugin-dir",
+                kv.display()
+            ),
+        ),
+        None => r.add(
+            Verdict::Fail,
+            "install",
+            format!("no azure~kv/kv in {}: install kv, or pass --plugin-dir", PLUGIN_DIRS.join(", ")),
+        ),
+    }
+    let config_path = installed
+        .as_ref()
+        .and_then(|kv| kv.parent().map(|d| d.join(crate::config::FILE_NAME)))
+        .filter(|p| p.exists())
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join(crate::config::FILE_NAME)))
+        });
+    match config_path.as_ref().map(|p| (p, NodeConfig::load(p))) {
+        Some((p, Ok(c))) => {
+            let state = if p.exists() {
+                format!("{} is valid", p.display())
+            } else {
+                "no kv.json: defaults (no policy: every pod may use the node identity)".into()
+            };
+            r.add(
+                if c.policy.is_some() || p.exists() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Warn
+                },
+                "config",
+                state,
+            );
+            c
+        }
+        Some((_, Err(e))) => {
+            r.add(Verdict::Fail, "config", e.to_string());
+            NodeConfig::default()
+        }
+        None => NodeConfig::default(),
+    }
+}
+
+/// Creates a tmpfs without attaching it anywhere: proves mounts work, leaves nothing.
+fn check_tmpfs(r: &mut Report) {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let result = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).and_then(|fs| {
+        rustix::mount::fsconfig_set_string(&fs, "size", "4096")?;
+        rustix::mount::fsconfig_create(&fs)?;
+        rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+            .map(drop)
+    });
+    match result {
+        Ok(()) => r.add(Verdict::Pass, "tmpfs", "a tmpfs can be created (detached; nothing was mounted)"),
+        Err(rustix::io::Errno::NOSYS) => r.add(Verdict::Warn, "tmpfs", "kernel lacks fsopen (Linux < 5.2): kv falls back to mounting in place"),
+        Err(e) => r.add(Verdict::Fail, "tmpfs", format!("cannot create a tmpfs ({e}): run kv as root with CAP_SYS_ADMIN, in the host mount namespace")),
+    }
+}
+
+async fn network_checks(
+    r: &mut Report,
+    args: &DoctorArgs,
+    config: &NodeConfig,
+    cloud: &Cloud,
+    spec: Option<&VolumeSpec>,
+) {
+    let http = match crate::http::client() {
+        Ok(h) => h,
+        Err(e) => {
+            r.add(Verdict::Fail, "tls", e.to_string());
+            return;
+        }
+    };
+    let wants = |f: fn(&crate::options::Identity) -> bool| spec.map(|s| f(&s.identity));
+    let uses_imds = wants(|i| matches!(i, crate::options::Identity::NodeManagedIdentity { .. }));
+    let uses_nmi = wants(|i| matches!(i, crate::options::Identity::PodIdentity { .. }));
+    let uses_aad = wants(|i| matches!(i, crate::options::Identity::ServicePrincipal { .. }));
+    // Not needed by this volume (or no volume given): a missing service is only a warning.
+    let severity = |used: Option<bool>| {
+        if used == Some(true) {
+            Verdict::Fail
+        } else {
+            Verdict::Warn
+        }
+    };
+
+    // IMDS: which identities answer.
+    let mut url = format!(
+        "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+        cloud.vault_resource
+    );
+    let user_id = spec.and_then(|s| match &s.identity {
+        crate::options::Identity::NodeManagedIdentity { client_id } => client_id.clone(),
+        _ => None,
+    });
+    if let Some(id) = &user_id {
+        url.push_str(&format!("&client_id={id}"));
+    }
+    let who = user_id
+        .as_deref()
+        .map(|i| format!("user-assigned identity {i}"))
+        .unwrap_or_else(|| "system-assigned identity".into());
+    match http.get(&url).header("Metadata", "true").timeout(Duration::from_secs(3)).send().await {
+        Ok(resp) if resp.status().is_success() => {
+            let body = crate::http::read_bounded(resp).await.unwrap_or_default();
+            let appid = token_claim(&body, "appid").unwrap_or_else(|| "?".into());
+            r.add(Verdict::Pass, "imds", format!("IMDS gives a token for the {who} (client id {appid})"));
+        }
+        Ok(resp) if resp.status().as_u16() == 400 => r.add(
+            severity(uses_imds),
+            "imds",
+            format!("IMDS has no {who} on this node: assign the identity to the VM/scale set, or fix vmmanagedidentityclientid"),
+        ),
+        Ok(resp) => r.add(severity(uses_imds), "imds", format!("IMDS answered HTTP {}", resp.status().as_u16())),
+        Err(_) => r.add(severity(uses_imds), "imds", "IMDS (169.254.169.254) is not reachable: node managed identity cannot work here (not an Azure VM, or no host network)"),
+    }
+
+    // NMI: reachable, and bound to the pod if a pod-identity volume is given.
+    let port = args
+        .nmi_port
+        .or(match spec.map(|s| &s.identity) {
+            Some(crate::options::Identity::PodIdentity { nmi_port }) => *nmi_port,
+            _ => None,
+        })
+        .unwrap_or(config.nmi_port());
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+        Ok(Ok(_)) => {
+            if let (Some(true), Some(s)) = (uses_nmi, spec) {
+                let (ns, pod) = (s.pod.namespace.clone().unwrap_or_default(), s.pod.name.clone().unwrap_or_default());
+                let resp = http
+                    .get(format!("http://127.0.0.1:{port}/host/token/?resource={}", cloud.vault_resource))
+                    .header("podns", &ns)
+                    .header("podname", &pod)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match resp.map(|r| r.status().as_u16()) {
+                    Ok(200) => r.add(Verdict::Pass, "nmi", format!("NMI on 127.0.0.1:{port} gives pod {ns}/{pod} a token")),
+                    Ok(404) => r.add(Verdict::Fail, "nmi", format!("NMI has no identity for pod {ns}/{pod}: create an AzureIdentityBinding matching the pod's aadpodidbinding label")),
+                    Ok(s) => r.add(Verdict::Fail, "nmi", format!("NMI answered HTTP {s} for pod {ns}/{pod}: see NMI and MIC logs")),
+                    Err(e) => r.add(Verdict::Fail, "nmi", format!("NMI request failed: {e}")),
+                }
+            } else {
+                r.add(Verdict::Pass, "nmi", format!("NMI listens on 127.0.0.1:{port}"));
+            }
+        }
+        _ => r.add(severity(uses_nmi), "nmi", format!("nothing listens on 127.0.0.1:{port}: pod identity needs aad-pod-identity's NMI on this node (or fix nmiport)")),
+    }
+
+    // AAD and Key Vault: DNS, TLS, clock.
+    let aad = format!("{}/common/discovery/instance?api-version=1.1&authorization_endpoint={}/common/oauth2/authorize", cloud.authority_host, cloud.authority_host);
+    reach(r, &http, "aad", &aad, severity(uses_aad.or(Some(false)))).await;
+    if let Some(s) = spec {
+        for vault in s.vaults() {
+            reach(
+                r,
+                &http,
+                &format!("vault {vault}"),
+                &cloud.vault_url(vault),
+                Verdict::Fail,
+            )
+            .await;
+        }
+    }
+}
+
+/// DNS + TCP + TLS to `url`, and the server clock against ours.
+async fn reach(r: &mut Report, http: &reqwest::Client, check: &str, url: &str, on_error: Verdict) {
+    match http.get(url).timeout(Duration::from_secs(5)).send().await {
+        Ok(resp) => {
+            let skew = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| {
+                    time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc2822)
+                        .ok()
+                })
+                .map(|server| {
+                    (time::OffsetDateTime::now_utc() - server)
+                        .whole_seconds()
+                        .abs()
+                });
+            match skew {
+                Some(s) if s > 300 => r.add(Verdict::Fail, check, format!("{url} reachable, but the clocks differ by {s}s: tokens will be rejected; fix NTP")),
+                _ => r.add(Verdict::Pass, check, format!("{url} reachable over TLS (HTTP {})", resp.status().as_u16())),
+            }
+        }
+        Err(e) => {
+            let mut cause = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                cause = s.to_string();
+                src = s.source();
+            }
+            let fix = if cause.contains("certificate")
+                || cause.contains("UnknownIssuer")
+                || cause.contains("TLS")
+            {
+                "TLS failed: the server's certificate is not trusted (CA bundle: SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt; a TLS-inspecting proxy?)"
+            } else if cause.contains("dns")
+                || cause.contains("resolve")
+                || cause.contains("lookup")
+                || cause.contains("Name or service not known")
+                || cause.contains("failed to lookup")
+            {
+                "DNS cannot resolve it: check the vault name and the cloud, or the node's DNS / private endpoint zone"
+            } else {
+                "cannot connect: check egress, firewall (SNI), proxy"
+            };
+            r.add(
+                on_error,
+                check,
+                format!("{url}: {fix} ({})", crate::options::printable(&cause)),
+            );
+        }
+    }
+}
+
+/// A claim of the JWT in a token response, read without verifying (for display only).
+fn token_claim(body: &[u8], claim: &str) -> Option<String> {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let payload = v.get("access_token")?.as_str()?.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(claim)?.as_str().map(str::to_string)
+}
+
+/// A token and `get` on each object: the real fetch, values kept in memory and dropped.
+fn check_objects(r: &mut Report, spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) {
+    if let Err(e) = config.check_policy(
+        spec.pod.namespace.as_deref(),
+        matches!(
+            spec.identity,
+            crate::options::Identity::NodeManagedIdentity { .. }
+        ),
+        &spec.vaults(),
+    ) {
+        r.add(Verdict::Fail, "policy", e.to_string());
+        return;
+    }
+    for (i, o) in spec.objects.iter().enumerate() {
+        let one = VolumeSpec {
+            objects: vec![o.clone()],
+            ..spec.clone()
+        };
+        let deadline = crate::auth::Deadline::after(config.deadline().min(Duration::from_secs(10)));
+        let check = format!("object {}", i + 1);
+        match crate::mount::fetch(&one, cloud, config, deadline) {
+            Ok(fetched) => {
+                let bytes: usize = fetched
+                    .iter()
+                    .flat_map(|f| f.files.iter())
+                    .map(|(_, f)| f.bytes.len())
+                    .sum();
+                r.add(
+                    Verdict::Pass,
+                    &check,
+                    format!(
+                        "{} `{}` in {}: get allowed ({bytes} bytes, not shown)",
+                        crate::keyvault::kind_name(o.kind),
+                        o.name,
+                        o.vault
+                    ),
+                );
+            }
+            Err(e) => {
+                let auth = crate::fetch::exit_code(e.code) == 3 || e.code == Code::Timeout;
+                r.add(
+                    Verdict::Fail,
+                    if auth { "token" } else { &check },
+                    e.to_string(),
+                );
+                if auth {
+                    // Every other object would wait for the same token and fail the same way.
+                    return;
+                }
+            }
+        }
+    }
 }

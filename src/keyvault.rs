@@ -565,7 +565,8 @@ pub fn kind_name(k: ObjectKind) -> &'static str {
     }
 }
 
-fn plural(k: ObjectKind) -> &'static str {
+/// The URL path segment of a kind: `secrets`, `keys`, `certificates`.
+pub fn plural(k: ObjectKind) -> &'static str {
     match k {
         ObjectKind::Secret => "secrets",
         ObjectKind::Key => "keys",

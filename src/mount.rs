@@ -23,17 +23,8 @@ pub fn run(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let deadline = Deadline::after(config.deadline());
     let spec = VolumeSpec::parse(json)?;
     log_context(dir, &spec);
-    if !spec.unknown_keys.is_empty() {
-        crate::log::warn("unknown_options", json!({"keys": spec.unknown_keys}));
-    }
     volume::validate_kubelet_dir(dir)?;
-    let cloud = Cloud::resolve(spec.cloud.as_deref(), config)?;
-    let uses_node_identity = matches!(spec.identity, Identity::NodeManagedIdentity { .. });
-    config.check_policy(
-        spec.pod.namespace.as_deref(),
-        uses_node_identity,
-        &spec.vaults(),
-    )?;
+    let cloud = resolve(&spec, config)?;
 
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
@@ -53,6 +44,21 @@ pub fn run(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
         json!({"files": layout.files.len(), "tmpfs_bytes": layout.size}),
     );
     Ok(())
+}
+
+/// The cloud of the volume, after the node policy allowed the request.
+pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
+    if !spec.unknown_keys.is_empty() {
+        crate::log::warn("unknown_options", json!({"keys": spec.unknown_keys}));
+    }
+    let cloud = Cloud::resolve(spec.cloud.as_deref(), config)?;
+    let uses_node_identity = matches!(spec.identity, Identity::NodeManagedIdentity { .. });
+    config.check_policy(
+        spec.pod.namespace.as_deref(),
+        uses_node_identity,
+        &spec.vaults(),
+    )?;
+    Ok(cloud)
 }
 
 fn log_context(dir: &Path, spec: &VolumeSpec) {
@@ -117,7 +123,11 @@ pub fn fetch(
 }
 
 /// Decides modes, ownership and the tmpfs size.
-fn layout(spec: &VolumeSpec, fetched: Vec<FetchedObject>, config: &NodeConfig) -> Result<Layout> {
+pub fn layout(
+    spec: &VolumeSpec,
+    fetched: Vec<FetchedObject>,
+    config: &NodeConfig,
+) -> Result<Layout> {
     let default_mode = spec.file_permission.unwrap_or(if spec.fs_group.is_some() {
         MODE_WITH_FSGROUP
     } else {

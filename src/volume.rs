@@ -109,6 +109,13 @@ pub fn validate_kubelet_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pod uid in a kubelet volume dir (`.../pods/<uid>/volumes/azure~kv/<name>`).
+pub fn pod_uid(dir: &Path) -> Option<String> {
+    let names: Vec<&OsStr> = dir.iter().collect();
+    let n = names.len();
+    (n >= 5).then(|| names[n - 4].to_string_lossy().to_string())
+}
+
 /// Whether `dir` is exactly a mount point, from this process's mount table.
 pub fn is_mount_point(dir: &Path) -> Result<bool> {
     let table = std::fs::read("/proc/self/mountinfo").map_err(|e| {

@@ -54,12 +54,23 @@ pub async fn fetch(
             };
             match status {
                 200 => Attempt::Done(parse(&body)),
-                404 | 403 => Attempt::Retry {
+                // Older NMI answered 403 while the assignment was pending; newer NMI means the
+                // identity's own token request failed. Both can clear up within the deadline.
+                403 => Attempt::Retry {
+                    after: None,
+                    error: Error::new(
+                        Code::Nmi,
+                        format!(
+                            "NMI could not get a token for the identity bound to pod {who} (HTTP 403): check the AzureIdentity's clientID/resourceID and that the identity is assigned to the node (NMI and MIC logs say more)"
+                        ),
+                    ),
+                },
+                404 => Attempt::Retry {
                     after: None,
                     error: Error::new(
                         Code::NmiNoIdentity,
                         format!(
-                            "NMI has no identity for pod {who} yet (HTTP {status}): check that an AzureIdentityBinding selects the pod's aadpodidbinding label and that MIC assigned it (kubectl get azureassignedidentities -A)"
+                            "NMI has no identity for pod {who} yet (HTTP 404): check that an AzureIdentityBinding selects the pod's aadpodidbinding label and that MIC assigned it (kubectl get azureassignedidentities -A)"
                         ),
                     ),
                 },

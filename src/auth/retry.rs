@@ -39,20 +39,14 @@ impl Deadline {
     pub fn expired(&self, what: &str, last: Option<Error>) -> Error {
         let secs = self.total.as_secs_f64();
         match last {
-            // "No identity yet" is the real cause, and has its own fix; keep its code.
-            Some(e) if e.code == Code::NmiNoIdentity || e.code == Code::ImdsNoIdentity => {
-                Error::new(
-                    e.code,
-                    format!("timed out after {secs}s waiting for {what}: {}", e.message),
-                )
-            }
+            // The last answer is the real cause and has its own fix: keep its code.
             Some(e) => Error::new(
-                Code::Timeout,
-                format!("timed out after {secs}s waiting for {what}; last error: {e}"),
+                e.code,
+                format!("timed out after {secs}s waiting for {what}: {}", e.message),
             ),
             None => Error::new(
                 Code::Timeout,
-                format!("timed out after {secs}s waiting for {what}"),
+                format!("timed out after {secs}s waiting for {what}, which never answered"),
             ),
         }
     }
