@@ -17,9 +17,7 @@ use crate::options::ObjectSpec;
 use crate::render::{self, KeyMaterial, ObjectKind, RenderedFile};
 use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{
-    ClientOptions, Context, ExponentialRetryOptions, Request, RetryOptions, Transport,
-};
+use azure_core::http::{ClientOptions, Context, Request, RetryOptions, Transport};
 use azure_security_keyvault_certificates::{
     models::CertificateClientGetCertificateOptions, CertificateClient, CertificateClientOptions,
 };
@@ -64,6 +62,75 @@ impl Policy for PrefetchedBearer {
         // asks the credential, which reports the token error.
         next[0].send(ctx, request, &next[1..]).await
     }
+}
+
+/// Retries Key Vault's transient answers (429 and 503 honouring `Retry-After`/`x-ms-retry-after-ms`,
+/// 408, 500, 502, 504, connection resets) with a jittered backoff starting at 100 ms, and never
+/// 400/401/403/404. When the next wait would pass the deadline it returns the last answer at
+/// once, so the user sees "throttled" or "HTTP 500" instead of a bare timeout.
+#[derive(Debug)]
+struct DeadlineRetry {
+    deadline: crate::auth::Deadline,
+}
+
+/// Attempts per request at most: bounds the requests one mount can make.
+const KEYVAULT_MAX_ATTEMPTS: u32 = 8;
+
+#[async_trait]
+impl Policy for DeadlineRetry {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        use azure_core::error::ErrorKind;
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = next[0].send(ctx, request, &next[1..]).await;
+            let (retry, after) = match &result {
+                Ok(resp) => match u16::from(resp.status()) {
+                    429 | 503 => (true, retry_after(resp.headers())),
+                    408 | 500 | 502 | 504 => (true, None),
+                    _ => (false, None),
+                },
+                Err(e) => (
+                    matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection),
+                    None,
+                ),
+            };
+            if !retry || attempt >= KEYVAULT_MAX_ATTEMPTS {
+                return result;
+            }
+            let wait = after.unwrap_or_else(|| crate::auth::jitter(delay));
+            if wait >= self.deadline.remaining() {
+                return result;
+            }
+            let status = result.as_ref().map(|r| u16::from(r.status())).unwrap_or(0);
+            crate::log::warn(
+                "retry",
+                serde_json::json!({"what": "Key Vault", "path": request.url().path(), "attempt": attempt, "status": status, "wait_ms": wait.as_millis() as u64}),
+            );
+            drop(result);
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+fn retry_after(headers: &azure_core::http::headers::Headers) -> Option<std::time::Duration> {
+    use azure_core::http::headers::HeaderName;
+    let get = |name: &'static str| {
+        headers
+            .get_optional_str(&HeaderName::from_static(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    get("x-ms-retry-after-ms")
+        .or_else(|| get("retry-after-ms"))
+        .map(std::time::Duration::from_millis)
+        .or_else(|| get("retry-after").map(std::time::Duration::from_secs))
 }
 
 /// The three SDK clients of one vault.
@@ -129,21 +196,17 @@ pub struct Fetcher {
 
 impl Fetcher {
     fn client_options(&self, prefetched: bool) -> ClientOptions {
-        let remaining = self.deadline.remaining();
         let mut options = ClientOptions {
             transport: Some(Transport::new(Arc::new(crate::http::BoundedTransport(
                 self.http.clone(),
             )))),
-            // Small first delay, Retry-After honoured by the SDK for 429/503; never past the deadline.
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(100),
-                max_retries: 6,
-                max_total_elapsed: azure_core::time::Duration::try_from(remaining)
-                    .unwrap_or(azure_core::time::Duration::seconds(60)),
-                max_delay: azure_core::time::Duration::seconds(4),
-            }),
+            // kv's own retry policy (below) knows the deadline; the SDK's would sleep past it.
+            retry: RetryOptions::none(),
             ..Default::default()
         };
+        options.per_call_policies.push(Arc::new(DeadlineRetry {
+            deadline: self.deadline,
+        }));
         if prefetched {
             options.per_try_policies.push(Arc::new(PrefetchedBearer {
                 provider: self.provider.clone(),
@@ -181,7 +244,15 @@ impl Fetcher {
         });
         let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
             .await
-            .map_err(|_| self.deadline.expired("Key Vault", None))?;
+            .map_err(|_| {
+                Error::new(
+                    Code::Timeout,
+                    format!(
+                        "timed out after {}s fetching from Key Vault (requests stalled or kept being retried; the kv log has each attempt)",
+                        self.deadline.total().as_secs_f64()
+                    ),
+                )
+            })?;
         results.into_iter().collect()
     }
 
