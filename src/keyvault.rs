@@ -219,29 +219,29 @@ impl Fetcher {
     /// Fetches and renders every object; the first failure (in object order) wins.
     pub async fn fetch_all(&self, objects: &[ObjectSpec]) -> Result<Vec<FetchedObject>> {
         let credential = Credential(self.provider.clone());
-        let mut vaults: Vec<(&str, Arc<VaultClients>, Arc<VaultClients>)> = Vec::new();
+        // Per object, in order: the clients it uses. The first object of each vault takes the
+        // challenged clients; the rest wait for the prefetched token.
+        let mut vaults: Vec<(&str, Arc<VaultClients>)> = Vec::new();
+        let mut plan = Vec::with_capacity(objects.len());
         for o in objects {
-            if !vaults.iter().any(|(v, _, _)| *v == o.vault) {
-                let url = self.cloud.vault_url(&o.vault);
-                let challenged = VaultClients::new(&url, &credential, self.client_options(false))?;
-                let prefetched = VaultClients::new(&url, &credential, self.client_options(true))?;
-                vaults.push((o.vault.as_str(), Arc::new(challenged), Arc::new(prefetched)));
+            match vaults.iter().find(|(v, _)| *v == o.vault) {
+                Some((_, prefetched)) => plan.push(prefetched.clone()),
+                None => {
+                    let url = self.cloud.vault_url(&o.vault);
+                    let challenged =
+                        VaultClients::new(&url, &credential, self.client_options(false))?;
+                    let prefetched =
+                        VaultClients::new(&url, &credential, self.client_options(true))?;
+                    vaults.push((o.vault.as_str(), Arc::new(prefetched)));
+                    plan.push(Arc::new(challenged));
+                }
             }
         }
-        let mut first_of_vault = std::collections::BTreeSet::new();
-        let futures = objects.iter().enumerate().map(|(index, o)| {
-            let (_, challenged, prefetched) = vaults
-                .iter()
-                .find(|(v, _, _)| *v == o.vault)
-                .cloned()
-                .expect("every object's vault has clients: built above");
-            let clients = if first_of_vault.insert(o.vault.clone()) {
-                challenged
-            } else {
-                prefetched
-            };
-            async move { self.fetch_one(index, o, &clients).await }
-        });
+        let futures = objects
+            .iter()
+            .zip(plan)
+            .enumerate()
+            .map(|(index, (o, clients))| async move { self.fetch_one(index, o, &clients).await });
         let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
             .await
             .map_err(|_| {

@@ -121,6 +121,17 @@ fn pod_identity_mounts_every_kind_then_unmount_removes_everything() {
     assert_eq!(c.reply, json!({"status":"Success"}));
     assert_eq!(node.mount_type(&dir).as_deref(), Some("tmpfs"));
     expect_all_kinds(&node, &dir);
+    // One token, at most one challenge for the vault, one request per object.
+    let log = node.ns.request_log();
+    let count = |endpoint: &str, status: u64| {
+        log.iter()
+            .filter(|r| r["endpoint"] == endpoint && r["status"] == status)
+            .count()
+    };
+    assert_eq!(count("nmi", 200), 1, "{log:?}");
+    assert!(count("keyvault", 401) <= 1, "{log:?}");
+    assert_eq!(count("keyvault", 200), 9, "{log:?}");
+    assert_eq!(log.len(), 1 + count("keyvault", 401) + 9, "{log:?}");
 
     // A repeated mount of a complete volume succeeds without fetching again.
     let before = node.ns.request_log().len();
