@@ -177,6 +177,11 @@ pub struct Certificate {
     pub issuer: Option<String>,
     #[serde(default)]
     pub key: KeySpec,
+    /// Order of the certificates in the stored PFX/PEM: `leaf-first` (default: leaf,
+    /// intermediate, root), `root-first` (root, intermediate, leaf) or `mixed` (root, leaf,
+    /// intermediate, as users upload them: csi#156).
+    #[serde(default)]
+    pub chain_order: Option<String>,
     #[serde(default)]
     pub validity_days: Option<i64>,
     #[serde(default)]
