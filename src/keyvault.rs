@@ -421,49 +421,37 @@ impl Fetcher {
         let map = |e| self.map_sdk_error(o, None, e);
         let version_of =
             |id: Option<String>| id.and_then(|id| id.rsplit('/').next().map(str::to_string));
+        // The three pagers have different item types with the same shape.
+        macro_rules! collect_enabled {
+            ($pager:expr, $id:ident) => {{
+                let mut pager = $pager.map_err(map)?;
+                while let Some(p) = pager.try_next().await.map_err(map)? {
+                    let attrs = p.attributes.unwrap_or_default();
+                    if attrs.enabled != Some(false) {
+                        if let Some(v) = version_of(p.$id) {
+                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
+                        }
+                    }
+                }
+            }};
+        }
         match o.kind {
-            ObjectKind::Secret => {
-                let mut pager = clients
+            ObjectKind::Secret => collect_enabled!(
+                clients
                     .secrets
-                    .list_secret_properties_versions(&o.name, None)
-                    .map_err(map)?;
-                while let Some(p) = pager.try_next().await.map_err(map)? {
-                    let attrs = p.attributes.unwrap_or_default();
-                    if attrs.enabled != Some(false) {
-                        if let Some(v) = version_of(p.id) {
-                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
-                        }
-                    }
-                }
-            }
-            ObjectKind::Key => {
-                let mut pager = clients
-                    .keys
-                    .list_key_properties_versions(&o.name, None)
-                    .map_err(map)?;
-                while let Some(p) = pager.try_next().await.map_err(map)? {
-                    let attrs = p.attributes.unwrap_or_default();
-                    if attrs.enabled != Some(false) {
-                        if let Some(v) = version_of(p.kid) {
-                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
-                        }
-                    }
-                }
-            }
-            ObjectKind::Cert => {
-                let mut pager = clients
+                    .list_secret_properties_versions(&o.name, None),
+                id
+            ),
+            ObjectKind::Key => collect_enabled!(
+                clients.keys.list_key_properties_versions(&o.name, None),
+                kid
+            ),
+            ObjectKind::Cert => collect_enabled!(
+                clients
                     .certs
-                    .list_certificate_properties_versions(&o.name, None)
-                    .map_err(map)?;
-                while let Some(p) = pager.try_next().await.map_err(map)? {
-                    let attrs = p.attributes.unwrap_or_default();
-                    if attrs.enabled != Some(false) {
-                        if let Some(v) = version_of(p.id) {
-                            found.push((attrs.created.map(|t| t.unix_timestamp()).unwrap_or(0), v));
-                        }
-                    }
-                }
-            }
+                    .list_certificate_properties_versions(&o.name, None),
+                id
+            ),
         }
         found.sort_by_key(|f| std::cmp::Reverse(f.0));
         let start = match &o.version {
