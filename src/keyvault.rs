@@ -244,14 +244,17 @@ impl Fetcher {
             .map(|(index, (o, clients))| async move { self.fetch_one(index, o, &clients).await });
         let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
             .await
-            .map_err(|_| {
-                Error::new(
+            .map_err(|_| match (self.provider.pending(), self.provider.last_error()) {
+                // Still waiting for the token, or it failed: that service is the cause, not Key Vault.
+                (Some(service), last) => self.deadline.expired(service, last),
+                (None, Some(token_error)) => token_error,
+                (None, None) => Error::new(
                     Code::Timeout,
                     format!(
                         "timed out after {}s fetching from Key Vault (requests stalled or kept being retried; the kv log has each attempt)",
                         self.deadline.total().as_secs_f64()
                     ),
-                )
+                ),
             })?;
         results.into_iter().collect()
     }

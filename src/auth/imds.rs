@@ -41,7 +41,9 @@ pub async fn fetch(
                 Ok(r) => r,
                 Err(e) => {
                     let mut err = network_error("cannot reach IMDS at 169.254.169.254", &e);
-                    err.code = Code::Imds;
+                    if err.code == Code::Network {
+                        err.code = Code::Imds;
+                    }
                     err.message.push_str("; kv must run on an Azure VM with host networking");
                     return Attempt::Retry { after: None, error: err };
                 }

@@ -184,6 +184,19 @@ impl Provider {
         result
     }
 
+    /// The service a token is still awaited from, if one is: a stall there is not Key Vault's.
+    pub fn pending(&self) -> Option<&'static str> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .values()
+            .any(|slot| slot.get().is_none())
+            .then(|| match self.source {
+                Source::Nmi { .. } => "NMI",
+                Source::Imds { .. } => "IMDS",
+                Source::ClientSecret { .. } => "AAD",
+            })
+    }
+
     /// The last token error, if a token request failed.
     pub fn last_error(&self) -> Option<Error> {
         self.last_error
@@ -273,7 +286,7 @@ impl TokenCredential for Credential {
 }
 
 /// Reads a token response number that may be a JSON string or number (NMI v1.5 sent numbers).
-pub(crate) fn number_field(v: &serde_json::Value, key: &str) -> Option<i64> {
+fn number_field(v: &serde_json::Value, key: &str) -> Option<i64> {
     match v.get(key)? {
         serde_json::Value::Number(n) => n.as_i64(),
         serde_json::Value::String(s) => s.trim().parse().ok(),
@@ -281,8 +294,8 @@ pub(crate) fn number_field(v: &serde_json::Value, key: &str) -> Option<i64> {
     }
 }
 
-/// Parses a token response body (NMI's `token`, IMDS, AAD v1 or v2).
-pub(crate) fn parse_token(body: &serde_json::Value) -> Option<Token> {
+/// Parses a token response body (NMI's `token`, IMDS, AAD v1 or v2); public for fuzzing.
+pub fn parse_token(body: &serde_json::Value) -> Option<Token> {
     let access = body.get("access_token")?.as_str()?.to_string();
     if access.is_empty() {
         return None;
@@ -312,8 +325,14 @@ pub(crate) fn network_error(what: &str, e: &reqwest::Error) -> Error {
         cause = s.to_string();
         src = s.source();
     }
+    // A request that used up the call's remaining time is a stall: the deadline's code.
+    let code = if e.is_timeout() {
+        crate::error::Code::Timeout
+    } else {
+        crate::error::Code::Network
+    };
     Error::new(
-        crate::error::Code::Network,
+        code,
         format!(
             "{what}: {kind}{}{cause}",
             if cause.is_empty() { "" } else { ": " }

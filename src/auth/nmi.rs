@@ -40,12 +40,15 @@ pub async fn fetch(
                 Ok(r) => r,
                 Err(e) => {
                     let mut err = network_error(&format!("cannot reach NMI at 127.0.0.1:{port}"), &e);
-                    err.code = Code::Nmi;
+                    if err.code == Code::Network {
+                        err.code = Code::Nmi;
+                    }
                     err.message.push_str("; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?");
                     return Attempt::Retry { after: None, error: err };
                 }
             };
             let status = resp.status().as_u16();
+            let after = retry::retry_after(resp.headers());
             let Some(body) = crate::http::read_bounded(resp).await else {
                 return Attempt::Done(Err(Error::new(
                     Code::Network,
@@ -74,8 +77,8 @@ pub async fn fetch(
                         ),
                     ),
                 },
-                500..=599 if !text(&body).contains("not from a host") => Attempt::Retry {
-                    after: None,
+                429 | 500..=599 if !text(&body).contains("not from a host") => Attempt::Retry {
+                    after,
                     error: Error::new(Code::Nmi, format!("NMI answered HTTP {status}: {}", text(&body))),
                 },
                 _ => Attempt::Done(Err(Error::new(
