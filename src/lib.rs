@@ -9,14 +9,13 @@
 //! argv (secretRef values included) when a driver exits non-zero. Logs go to a file, never to
 //! stdout or stderr.
 
-pub mod render;
 pub mod auth;
 pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod doctor;
-pub mod fetch;
 pub mod error;
+pub mod fetch;
 pub mod http;
 pub mod install;
 pub mod keyvault;
@@ -24,6 +23,7 @@ pub mod log;
 pub mod logs;
 pub mod mount;
 pub mod options;
+pub mod render;
 pub mod reply;
 pub mod secret;
 pub mod volume;

@@ -2,6 +2,8 @@
 //! volume, the next call recovers; `kv unmount` cleans every leftover state; many concurrent
 //! mounts under throttling each get exactly their own files; two mounts of one `<dir>` serialize.
 
+#![allow(clippy::print_stderr, clippy::print_stdout)] // test diagnostics
+
 mod common;
 
 use common::*;

@@ -10,6 +10,8 @@
 //! Cases run in threads inside one test per service (each case has its own namespace and
 //! emulator), so the whole matrix costs about one deadline per service.
 
+#![allow(clippy::print_stderr, clippy::print_stdout)] // test diagnostics
+
 mod common;
 
 use common::*;

@@ -190,7 +190,7 @@ impl Provider {
         slots
             .values()
             .any(|slot| slot.get().is_none())
-            .then(|| match self.source {
+            .then_some(match self.source {
                 Source::Nmi { .. } => "NMI",
                 Source::Imds { .. } => "IMDS",
                 Source::ClientSecret { .. } => "AAD",
