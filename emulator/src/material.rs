@@ -587,9 +587,13 @@ impl<'a> Builder<'a> {
                     match c.chain_order.as_deref() {
                         None | Some("leaf-first") => {}
                         Some("root-first") => all.reverse(),
-                        Some("mixed") if all.len() == 3 => all = vec![all[2].clone(), all[0].clone(), all[1].clone()],
+                        Some("mixed") if all.len() == 3 => {
+                            all = vec![all[2].clone(), all[0].clone(), all[1].clone()]
+                        }
                         Some("mixed") => all.reverse(),
-                        Some(other) => return Err(format!("{label}: chain_order {other:?}: use leaf-first, root-first or mixed")),
+                        Some(other) => return Err(format!(
+                            "{label}: chain_order {other:?}: use leaf-first, root-first or mixed"
+                        )),
                     }
                     let pem_text = {
                         let mut s = pem_encode("PRIVATE KEY", &pkcs8);
