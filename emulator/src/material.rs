@@ -591,9 +591,11 @@ impl<'a> Builder<'a> {
                             all = vec![all[2].clone(), all[0].clone(), all[1].clone()]
                         }
                         Some("mixed") => all.reverse(),
-                        Some(other) => return Err(format!(
+                        Some(other) => {
+                            return Err(format!(
                             "{label}: chain_order {other:?}: use leaf-first, root-first or mixed"
-                        )),
+                        ))
+                        }
                     }
                     let pem_text = {
                         let mut s = pem_encode("PRIVATE KEY", &pkcs8);
