@@ -225,7 +225,7 @@ impl Fetcher {
         let mut plan = Vec::with_capacity(objects.len());
         for o in objects {
             match vaults.iter().find(|(v, _)| *v == o.vault) {
-                Some((_, prefetched)) => plan.push(prefetched.clone()),
+                Some((_, prefetched)) => plan.push((prefetched.clone(), true)),
                 None => {
                     let url = self.cloud.vault_url(&o.vault);
                     let challenged =
@@ -233,15 +233,24 @@ impl Fetcher {
                     let prefetched =
                         VaultClients::new(&url, &credential, self.client_options(true))?;
                     vaults.push((o.vault.as_str(), Arc::new(prefetched)));
-                    plan.push(Arc::new(challenged));
+                    plan.push((Arc::new(challenged), false));
                 }
             }
         }
-        let futures = objects
-            .iter()
-            .zip(plan)
-            .enumerate()
-            .map(|(index, (o, clients))| async move { self.fetch_one(index, o, &clients).await });
+        let futures =
+            objects
+                .iter()
+                .zip(plan)
+                .enumerate()
+                .map(|(index, (o, (clients, waits)))| async move {
+                    if waits {
+                        // Park before the SDK builds the request, so the token request and each
+                        // vault's challenge leave first instead of after N request setups.
+                        // Without a token there is nothing to send.
+                    self.provider.token(&self.cloud.vault_resource).await?;
+                    }
+                    self.fetch_one(index, o, &clients).await
+                });
         let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
             .await
             .map_err(|_| match (self.provider.pending(), self.provider.last_error()) {

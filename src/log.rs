@@ -15,6 +15,8 @@ use std::time::Instant;
 
 struct Logger {
     path: PathBuf,
+    /// Opened on the first line and kept for the call: one open per call, not per line.
+    file: Option<std::fs::File>,
     max_bytes: u64,
     context: Map<String, Value>,
     started: Instant,
@@ -29,6 +31,7 @@ pub fn init(path: PathBuf, max_bytes: u64, verb: &str) {
     context.insert("verb".into(), Value::String(verb.into()));
     let _ = LOGGER.set(Mutex::new(Logger {
         path,
+        file: None,
         max_bytes,
         context,
         started: Instant::now(),
@@ -47,7 +50,9 @@ pub fn set_context(key: &str, value: impl Into<Value>) {
 /// Writes one line: `event` plus the given fields.
 pub fn event(level: &str, event: &str, fields: Value) {
     let Some(logger) = LOGGER.get() else { return };
-    let Ok(logger) = logger.lock() else { return };
+    let Ok(mut logger) = logger.lock() else {
+        return;
+    };
     let mut line = Map::new();
     line.insert("ts".into(), Value::String(timestamp()));
     line.insert("level".into(), Value::String(level.into()));
@@ -83,24 +88,30 @@ pub fn error(name: &str, fields: Value) {
 }
 
 impl Logger {
-    fn write(&self, bytes: &[u8]) {
-        if let Ok(meta) = std::fs::metadata(&self.path) {
-            if meta.len() + bytes.len() as u64 > self.max_bytes {
-                let mut rotated = self.path.clone().into_os_string();
-                rotated.push(".1");
-                let _ = std::fs::rename(&self.path, rotated);
+    fn write(&mut self, bytes: &[u8]) {
+        if self.file.is_none() {
+            // Rotation is checked once per call: a call writes a few KiB at most.
+            if let Ok(meta) = std::fs::metadata(&self.path) {
+                if meta.len() + bytes.len() as u64 > self.max_bytes {
+                    let mut rotated = self.path.clone().into_os_string();
+                    rotated.push(".1");
+                    let _ = std::fs::rename(&self.path, rotated);
+                }
             }
+            if let Some(parent) = self.path.parent() {
+                if !parent.exists() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+            // O_APPEND makes each line one atomic append, so concurrent mounts never interleave.
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+                .ok();
         }
-        if let Some(parent) = self.path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        // O_APPEND makes each line one atomic append, so concurrent mounts never interleave.
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-        {
+        if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(bytes);
         }
     }

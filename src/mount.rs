@@ -110,6 +110,8 @@ pub fn fetch(
                 let _ = provider.token(&resource).await;
             })
         };
+        // Let the token request go out before the object requests are set up.
+        tokio::task::yield_now().await;
         let fetcher = Fetcher {
             http,
             provider,
