@@ -75,7 +75,14 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`].
 #[derive(Debug, Clone)]
-pub struct BoundedTransport(pub reqwest::Client);
+pub struct BoundedTransport {
+    /// The call's client.
+    pub client: reqwest::Client,
+    /// Raised after the first exchange through this transport, whatever its outcome: by then the
+    /// connection to the host exists and is known to speak HTTP/2, so requests waiting on it
+    /// share that connection instead of each opening (and TLS-handshaking) their own.
+    pub first_exchange: Option<tokio::sync::watch::Sender<bool>>,
+}
 
 #[async_trait::async_trait]
 impl azure_core::http::HttpClient for BoundedTransport {
@@ -84,7 +91,11 @@ impl azure_core::http::HttpClient for BoundedTransport {
         request: &azure_core::http::Request,
     ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
         use futures::StreamExt;
-        let response = self.0.execute_request(request).await?;
+        let response = self.client.execute_request(request).await;
+        if let Some(done) = &self.first_exchange {
+            done.send_replace(true);
+        }
+        let response = response?;
         let (status, headers, body) = response.deconstruct();
         let mut seen = 0usize;
         let bounded = body.map(move |chunk| {

@@ -195,11 +195,16 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    fn client_options(&self, prefetched: bool) -> ClientOptions {
+    fn client_options(
+        &self,
+        prefetched: bool,
+        first_exchange: Option<tokio::sync::watch::Sender<bool>>,
+    ) -> ClientOptions {
         let mut options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(crate::http::BoundedTransport(
-                self.http.clone(),
-            )))),
+            transport: Some(Transport::new(Arc::new(crate::http::BoundedTransport {
+                client: self.http.clone(),
+                first_exchange,
+            }))),
             // kv's own retry policy (below) knows the deadline; the SDK's would sleep past it.
             retry: RetryOptions::none(),
             ..Default::default()
@@ -221,19 +226,24 @@ impl Fetcher {
         let credential = Credential(self.provider.clone());
         // Per object, in order: the clients it uses. The first object of each vault takes the
         // challenged clients; the rest wait for the prefetched token.
-        let mut vaults: Vec<(&str, Arc<VaultClients>)> = Vec::new();
-        let mut plan = Vec::with_capacity(objects.len());
+        type Gate = tokio::sync::watch::Receiver<bool>;
+        let mut vaults: Vec<(&str, Arc<VaultClients>, Gate)> = Vec::new();
+        let mut plan: Vec<(Arc<VaultClients>, Option<Gate>)> = Vec::with_capacity(objects.len());
         for o in objects {
-            match vaults.iter().find(|(v, _)| *v == o.vault) {
-                Some((_, prefetched)) => plan.push((prefetched.clone(), true)),
+            match vaults.iter().find(|(v, _, _)| *v == o.vault) {
+                Some((_, prefetched, gate)) => plan.push((prefetched.clone(), Some(gate.clone()))),
                 None => {
                     let url = self.cloud.vault_url(&o.vault);
-                    let challenged =
-                        VaultClients::new(&url, &credential, self.client_options(false))?;
+                    let (first_exchange, gate) = tokio::sync::watch::channel(false);
+                    let challenged = VaultClients::new(
+                        &url,
+                        &credential,
+                        self.client_options(false, Some(first_exchange)),
+                    )?;
                     let prefetched =
-                        VaultClients::new(&url, &credential, self.client_options(true))?;
-                    vaults.push((o.vault.as_str(), Arc::new(prefetched)));
-                    plan.push((Arc::new(challenged), false));
+                        VaultClients::new(&url, &credential, self.client_options(true, None))?;
+                    vaults.push((o.vault.as_str(), Arc::new(prefetched), gate));
+                    plan.push((Arc::new(challenged), None));
                 }
             }
         }
@@ -242,12 +252,15 @@ impl Fetcher {
                 .iter()
                 .zip(plan)
                 .enumerate()
-                .map(|(index, (o, (clients, waits)))| async move {
-                    if waits {
-                        // Park before the SDK builds the request, so the token request and each
-                        // vault's challenge leave first instead of after N request setups.
+                .map(|(index, (o, (clients, gate)))| async move {
+                    if let Some(mut gate) = gate {
+                        // Park before the SDK builds the request, so the token request and each vault's
+                        // challenge leave first instead of after N request setups; then wait for the
+                        // challenge's answer too, so every request rides the one HTTP/2 connection it
+                        // opened instead of each opening its own. Both overlap the token's round trip.
                         // Without a token there is nothing to send.
-                    self.provider.token(&self.cloud.vault_resource).await?;
+                        self.provider.token(&self.cloud.vault_resource).await?;
+                        let _ = gate.wait_for(|done| *done).await;
                     }
                     self.fetch_one(index, o, &clients).await
                 });
