@@ -60,11 +60,7 @@ fn nmi_port_changes_where_pod_identity_asks() {
     let dir = node.volume_dir("v");
     let c = node.mount(&dir, pod_identity());
     c.assert_failure("KV_NMI");
-    assert!(
-        c.message().contains("127.0.0.1:2580"),
-        "{}",
-        c.message()
-    );
+    assert!(c.message().contains("127.0.0.1:2580"), "{}", c.message());
     assert!(c.message().contains("nmiport"), "{}", c.message());
     node.assert_nothing_left(&dir);
     // The pod's own nmiport option still wins over the node default.
