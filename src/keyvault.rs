@@ -17,7 +17,9 @@ use crate::options::ObjectSpec;
 use crate::render::{self, KeyMaterial, ObjectKind, RenderedFile};
 use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{ClientOptions, Context, Request, RetryOptions, Transport};
+use azure_core::http::{
+    ClientOptions, Context, DeserializeWith, Format, Request, RetryOptions, Transport,
+};
 use azure_security_keyvault_certificates::{
     models::CertificateClientGetCertificateOptions, CertificateClient, CertificateClientOptions,
 };
@@ -105,7 +107,9 @@ impl Policy for DeadlineRetry {
                 return result;
             }
             let wait = after.unwrap_or_else(|| crate::auth::jitter(delay));
-            if wait >= self.deadline.remaining() {
+            // Retry only if the next attempt still has time to finish: otherwise the deadline
+            // would cut it off and the user would see a bare timeout instead of this answer.
+            if wait + crate::auth::RETRY_MARGIN >= self.deadline.remaining() {
                 return result;
             }
             let status = result.as_ref().map(|r| u16::from(r.status())).unwrap_or(0);
@@ -264,7 +268,8 @@ impl Fetcher {
                     }
                     self.fetch_one(index, o, &clients).await
                 });
-        let results = tokio::time::timeout(self.deadline.remaining(), join_all(futures))
+        let results =
+            tokio::time::timeout(self.deadline.remaining() + crate::auth::OUTER_GRACE, join_all(futures))
             .await
             .map_err(|_| match (self.provider.pending(), self.provider.last_error()) {
                 // Still waiting for the token, or it failed: that service is the cause, not Key Vault.
@@ -357,12 +362,8 @@ impl Fetcher {
                             ..Default::default()
                         }),
                     )
-                    .await
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
-                log_request_id(o, resp.headers());
-                let secret = resp
-                    .into_model()
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                    .await;
+                let secret = self.model(o, version, resp)?;
                 let value = zeroize::Zeroizing::new(secret.value.unwrap_or_default());
                 render::render_secret(
                     &o.name,
@@ -383,12 +384,8 @@ impl Fetcher {
                             ..Default::default()
                         }),
                     )
-                    .await
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
-                log_request_id(o, resp.headers());
-                let key = resp
-                    .into_model()
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                    .await;
+                let key = self.model(o, version, resp)?;
                 let jwk = key.key.ok_or_else(|| {
                     Error::new(
                         Code::Vault,
@@ -419,12 +416,8 @@ impl Fetcher {
                             ..Default::default()
                         }),
                     )
-                    .await
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
-                log_request_id(o, resp.headers());
-                let cert = resp
-                    .into_model()
-                    .map_err(|e| self.map_sdk_error(o, version, e))?;
+                    .await;
+                let cert = self.model(o, version, resp)?;
                 let der = cert.cer.ok_or_else(|| {
                     Error::new(
                         Code::Vault,
@@ -437,6 +430,20 @@ impl Fetcher {
                 render::render_cert(&o.name, &der, &o.render).map_err(render_err)
             }
         }
+    }
+
+    /// The model of a Key Vault answer, its request id logged, errors mapped.
+    fn model<T: DeserializeWith<F>, F: Format>(
+        &self,
+        o: &ObjectSpec,
+        version: Option<&str>,
+        response: azure_core::Result<azure_core::http::Response<T, F>>,
+    ) -> Result<T> {
+        let response = response.map_err(|e| self.map_sdk_error(o, version, e))?;
+        log_request_id(o, response.headers());
+        response
+            .into_model()
+            .map_err(|e| self.map_sdk_error(o, version, e))
     }
 
     /// The newest `version_history` enabled versions, newest first, starting at `o.version`.

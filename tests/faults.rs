@@ -115,8 +115,9 @@ pub fn files_containing(
     hits
 }
 
-/// No file on disk holds `secret`: the node's root, /run/kv and /tmp (minus the emulators'
-/// own dirs, which hold scenarios, i.e. the Key Vault's side).
+/// No file on disk holds `secret`: under the node's root (kubelet dirs, plugin dir, log) and
+/// /run/kv, every place kv writes (minus the emulators' own dirs, which hold scenarios, i.e.
+/// the Key Vault's side). Not all of /tmp: it can hold gigabytes (a CI checkout's target dir).
 fn secret_on_disk(node: &Node, secret: &str) -> Vec<PathBuf> {
     let skip = |p: &Path| {
         p.file_name()
@@ -124,11 +125,7 @@ fn secret_on_disk(node: &Node, secret: &str) -> Vec<PathBuf> {
             .is_some_and(|n| n.starts_with("kv-emulator-"))
     };
     let mut hits = Vec::new();
-    for root in [
-        node.root.clone(),
-        PathBuf::from("/run/kv"),
-        std::env::temp_dir(),
-    ] {
+    for root in [node.root.clone(), PathBuf::from("/run/kv")] {
         hits.extend(files_containing(&root, &[secret.as_bytes()], &skip));
     }
     hits.sort();

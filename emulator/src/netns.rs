@@ -77,6 +77,31 @@ impl From<serde_json::Value> for ScenarioSource {
     }
 }
 
+/// Deletes `kvt-<pid>-*` namespaces (and their `/etc/netns` dirs and temp dirs) whose process
+/// is gone: a test process that was SIGKILLed cannot run its `Drop`.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name.strip_prefix("kvt-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("kv-emulator-{name}")));
+    }
+}
+
 /// `emulator/scenarios/example.json` of this crate's source tree.
 pub fn example_scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/example.json")
@@ -175,6 +200,9 @@ impl Namespace {
             ));
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            remove_stale_namespaces();
+        }
         let name = format!("kvt-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("kv-emulator-{name}"));
         let _ = std::fs::remove_dir_all(&dir);

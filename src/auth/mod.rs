@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::OnceCell;
 
-pub use retry::{jitter, Deadline};
+pub use retry::{jitter, Deadline, OUTER_GRACE, RETRY_MARGIN};
 
 /// An access token and when it expires.
 #[derive(Clone)]

@@ -52,6 +52,13 @@ impl Deadline {
     }
 }
 
+/// Time left for an attempt after a retry's wait, at least.
+pub const RETRY_MARGIN: Duration = Duration::from_millis(300);
+
+/// How long after the deadline the outermost timeout fires: every inner step times out at the
+/// deadline itself and reports its specific cause; the outer one only catches what did not.
+pub const OUTER_GRACE: Duration = Duration::from_millis(250);
+
 /// What one attempt concluded.
 pub enum Attempt<T> {
     /// Finished: success or a permanent failure.
@@ -113,7 +120,8 @@ where
                 );
                 let wait = after.unwrap_or_else(|| jitter(delay));
                 last = Some(error);
-                if wait >= deadline.remaining() {
+                // Retry only if the attempt after the wait still has time to finish.
+                if wait + RETRY_MARGIN >= deadline.remaining() {
                     return Err(deadline.expired(what, last));
                 }
                 tokio::time::sleep(wait).await;
