@@ -1,7 +1,7 @@
 //! aad-pod-identity's NMI host endpoint: `GET http://127.0.0.1:<port>/host/token/`.
 //!
 //! NMI answers 404 (older releases 403) until MIC has assigned the pod's identity, which takes
-//! seconds to a minute after the pod appears, so those answers are polled every 250 ms within
+//! seconds to a minute after the pod appears, so those answers are polled every 250–500 ms within
 //! the deadline: the mount completes right after the assignment instead of v0.0.17's fixed
 //! 7 s steps. `127.0.0.1`, not `localhost`: NMI rejects callers that are not literally
 //! 127.0.0.1 (an IPv6 `::1` peer gets a 500).
