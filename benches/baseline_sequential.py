@@ -57,7 +57,16 @@ def token(mode: str, tls: ssl.SSLContext) -> str:
     return doc["access_token"]
 
 
+
+def _refuse_outside_emulator_namespace() -> None:
+    """Azure's real host names are served only by the emulator inside a loopback-only netns."""
+    devices = [l.split(":")[0].strip() for l in open("/proc/self/net/dev").read().splitlines()[2:]]
+    if devices != ["lo"]:
+        sys.exit("refusing to run outside the emulator's network namespace (use benches/run)")
+
+
 def main() -> None:
+    _refuse_outside_emulator_namespace()
     mode, outdir, names = sys.argv[1], sys.argv[2], sys.argv[3:]
     ca = os.environ.get("SSL_CERT_FILE") or os.environ["REQUESTS_CA_BUNDLE"]
     tls = ssl.create_default_context(cafile=ca)

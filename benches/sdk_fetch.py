@@ -36,7 +36,16 @@ VAULT = "https://kvdemo.vault.azure.net"
 API = "2025-07-01"  # newest the emulator serves; the SDK's default may be newer
 
 
+
+def _refuse_outside_emulator_namespace() -> None:
+    """Azure's real host names are served only by the emulator inside a loopback-only netns."""
+    devices = [l.split(":")[0].strip() for l in open("/proc/self/net/dev").read().splitlines()[2:]]
+    if devices != ["lo"]:
+        sys.exit("refusing to run outside the emulator's network namespace (use benches/run)")
+
+
 def main() -> None:
+    _refuse_outside_emulator_namespace()
     mode, outdir, names = sys.argv[1], sys.argv[2], sys.argv[3:]
     for var in ("MSI_ENDPOINT", "IDENTITY_ENDPOINT", "AZURE_CLIENT_ID",
                 "AZURE_POD_IDENTITY_AUTHORITY_HOST", "HTTP_PROXY", "HTTPS_PROXY",

@@ -8,7 +8,9 @@ use crate::token::TokenError;
 use crate::util::{b64, random_guid};
 use serde_json::{json, Map, Value};
 
-pub const LATEST_API_VERSION: &str = "2025-07-01";
+/// Newest api-version served; GET shapes are unchanged since 7.x, and the current Python SDKs
+/// default to 2026-04-01.
+pub const LATEST_API_VERSION: &str = "2026-04-01";
 
 /// Headers every Key Vault response carries.
 pub fn kv_headers(r: Resp) -> Resp {
@@ -337,7 +339,8 @@ fn routed(state: &State, r: &Req, vault: &VaultState, appid: &str, oid: &str, ti
     let body = match kind {
         Kind::Secrets => {
             let s = &vault.secrets[&key][idx];
-            let out_pem = api == "2025-07-01"
+            let out_pem = api >= "2025-07-01"
+                && api.starts_with("20")
                 && r.q("outContentType") == Some("application/x-pem-file")
                 && s.content_type.as_deref() == Some("application/x-pkcs12");
             secret_json(s, &base, out_pem)
@@ -566,7 +569,7 @@ mod tests {
         ] {
             assert!(api_version_ok(ok), "{ok}");
         }
-        for bad in ["", "8.0", "7.7", "2025-08-01", "abc", "2025-7-1"] {
+        for bad in ["", "8.0", "7.7", "2026-05-01", "abc", "2025-7-1"] {
             assert!(!api_version_ok(bad), "{bad}");
         }
     }

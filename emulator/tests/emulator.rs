@@ -678,7 +678,7 @@ async fn keyvault_challenge_tokens_and_errors() {
     assert_eq!(s, 400);
     assert_eq!(j(&b)["error"]["code"], "BadParameter");
     let (s, _, _) = t
-        .get(&t.kv("/secrets/db-password?api-version=2026-04-01"), None)
+        .get(&t.kv("/secrets/db-password?api-version=2027-01-01"), None)
         .await;
     assert_eq!(s, 400);
 
