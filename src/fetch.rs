@@ -403,11 +403,7 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
 
 /// The resolved plan, without any request.
 fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> String {
-    let default_mode = spec.file_permission.unwrap_or(if spec.fs_group.is_some() {
-        crate::mount::MODE_WITH_FSGROUP
-    } else {
-        crate::mount::MODE_WITHOUT_FSGROUP
-    });
+    let default_mode = crate::mount::default_mode(spec);
     let objects: Vec<Value> = spec
         .objects
         .iter()

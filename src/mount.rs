@@ -36,7 +36,13 @@ pub fn run(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let fetched = fetch(&spec, &cloud, config, deadline)?;
     let layout = layout(&spec, fetched, config)?;
     if deadline.remaining().is_zero() {
-        return Err(deadline.expired("the mount", None));
+        return Err(Error::new(
+            Code::Timeout,
+            format!(
+                "timed out after {}s: the objects arrived too late to mount them",
+                deadline.total().as_secs_f64()
+            ),
+        ));
     }
     volume::mount(dir, &layout)?;
     crate::log::info(
@@ -124,17 +130,22 @@ pub fn fetch(
     })
 }
 
+/// The mode of a file with no explicit permission: `filepermission`, else by fsGroup.
+pub fn default_mode(spec: &VolumeSpec) -> u32 {
+    spec.file_permission.unwrap_or(if spec.fs_group.is_some() {
+        MODE_WITH_FSGROUP
+    } else {
+        MODE_WITHOUT_FSGROUP
+    })
+}
+
 /// Decides modes, ownership and the tmpfs size.
 pub fn layout(
     spec: &VolumeSpec,
     fetched: Vec<FetchedObject>,
     config: &NodeConfig,
 ) -> Result<Layout> {
-    let default_mode = spec.file_permission.unwrap_or(if spec.fs_group.is_some() {
-        MODE_WITH_FSGROUP
-    } else {
-        MODE_WITHOUT_FSGROUP
-    });
+    let default_mode = default_mode(spec);
     let mut files = Vec::new();
     for object in fetched {
         let mode = spec.objects[object.index]

@@ -437,38 +437,6 @@ fn nmi_pending_and_forbidden() {
     ]);
 }
 
-/// A CA bundle that does not hold the emulator's CA: every TLS handshake fails.
-fn other_ca(dir: &Path) -> PathBuf {
-    let key = dir.join("other-ca.key");
-    let crt = dir.join("other-ca.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=not the emulator",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    crt
-}
-
 #[test]
 fn tls_failure_is_a_network_error_naming_the_certificate() {
     let tmp = std::env::temp_dir().join(format!("kv-faults-ca-{}", std::process::id()));

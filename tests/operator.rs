@@ -408,30 +408,7 @@ fn doctor_names_each_failure_and_its_fix() {
 fn doctor_reports_untrusted_tls() {
     let node = Node::new();
     // A CA the emulator's certificate does not chain to.
-    let other = node.root.join("other-ca.pem");
-    let key = node.root.join("other-ca.key");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=other",
-            "-days",
-            "1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&other)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let other = other_ca(&node.root);
     let plugin = node.kv.parent().unwrap().parent().unwrap().to_path_buf();
     // Built by hand: Namespace::command sets SSL_CERT_FILE to the emulator's CA.
     let out = std::process::Command::new("nsenter")

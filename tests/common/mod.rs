@@ -306,3 +306,35 @@ pub fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// A CA bundle that does not hold the emulator's CA: every TLS handshake fails.
+pub fn other_ca(dir: &Path) -> PathBuf {
+    let key = dir.join("other-ca.key");
+    let crt = dir.join("other-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=not the emulator",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crt
+}
