@@ -68,19 +68,10 @@ pub fn run(args: Vec<OsString>) -> Outcome {
         "init" => Outcome::Reply(Reply::init()),
         "mount" => Outcome::Reply(reply(mount(&args))),
         "unmount" => Outcome::Reply(reply(unmount(&args))),
-        "--version" | "version" | "-V" => Outcome::Text(version(), 0),
+        "--version" | "version" | "-V" => Outcome::Text(crate::version(), 0),
         v if OPERATOR_COMMANDS.contains(&v) => operator(args),
         _ => Outcome::Reply(Reply::not_supported()),
     }
-}
-
-/// `kv <version> (<git revision>)`.
-pub fn version() -> String {
-    format!(
-        "kv {} ({})\n",
-        env!("CARGO_PKG_VERSION"),
-        option_env!("KV_GIT_REVISION").unwrap_or("unknown revision")
-    )
 }
 
 fn reply(result: Result<(), Error>) -> Reply {
@@ -92,7 +83,7 @@ fn reply(result: Result<(), Error>) -> Reply {
         Err(e) => {
             crate::log::error(
                 "reply",
-                serde_json::json!({"status": "Failure", "code": e.code.as_str(), "message": e.message}),
+                serde_json::json!({"status": "Failure", "code": e.code().as_str(), "message": e.message()}),
             );
             Reply::failure(&e)
         }

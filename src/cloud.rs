@@ -1,7 +1,22 @@
 //! Named Azure clouds and the node's custom cloud: where AAD and Key Vault live.
 
-use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use serde::Deserialize;
+
+/// The default cloud.
+pub const PUBLIC: &str = "AzurePublicCloud";
+
+/// Endpoints of a cloud that is not one of the named ones (Azure Stack, air-gapped).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CustomCloud {
+    /// AAD authority host, e.g. `https://login.contoso.local`.
+    pub authority_host: String,
+    /// Key Vault DNS suffix, e.g. `vault.contoso.local`.
+    pub key_vault_dns_suffix: String,
+    /// Token resource for Key Vault, e.g. `https://vault.contoso.local`.
+    pub key_vault_resource: String,
+}
 
 /// The endpoints kv needs from a cloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +41,9 @@ impl Cloud {
         }
     }
 
-    /// Resolves `cloudname` (case-insensitive, go-autorest's names plus the newer spellings),
-    /// falling back to the node's default cloud, then public Azure.
-    pub fn resolve(option: Option<&str>, config: &NodeConfig) -> Result<Cloud> {
-        let name = option
-            .or(config.cloud.as_deref())
-            .unwrap_or("AzurePublicCloud");
+    /// Resolves a cloud name (case-insensitive, go-autorest's names plus the newer spellings);
+    /// `AzureStackCloud` takes the node's custom endpoints.
+    pub fn resolve(name: &str, custom: Option<&CustomCloud>) -> Result<Cloud> {
         match name.to_ascii_uppercase().as_str() {
             "AZUREPUBLICCLOUD" | "AZURECLOUD" => Ok(Cloud::named(
                 "AzurePublicCloud",
@@ -53,7 +65,7 @@ impl Cloud {
                 "https://login.microsoftonline.de",
                 "vault.microsoftazure.de",
             )),
-            "AZURESTACKCLOUD" => match &config.custom_cloud {
+            "AZURESTACKCLOUD" => match custom {
                 Some(c) => Ok(Cloud {
                     name: "AzureStackCloud".into(),
                     authority_host: c.authority_host.trim_end_matches('/').into(),
@@ -66,7 +78,7 @@ impl Cloud {
             },
             _ => Err(Error::options(format!(
                 "cloudname \"{}\" is not a known cloud: use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud",
-                crate::options::printable(name)
+                crate::error::printable(name)
             ))),
         }
     }
@@ -80,10 +92,12 @@ impl Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::NodeConfig;
 
     #[test]
     fn names_are_case_insensitive_with_aliases() {
         let c = NodeConfig::default();
+        let resolve = |name: Option<&str>| c.cloud(name);
         for (given, canonical, suffix) in [
             (None, "AzurePublicCloud", "vault.azure.net"),
             (Some("azurecloud"), "AzurePublicCloud", "vault.azure.net"),
@@ -99,19 +113,19 @@ mod tests {
                 "vault.microsoftazure.de",
             ),
         ] {
-            let cloud = Cloud::resolve(given, &c).unwrap();
+            let cloud = resolve(given).unwrap();
             assert_eq!(cloud.name, canonical);
             assert_eq!(cloud.vault_dns_suffix, suffix);
             assert_eq!(cloud.vault_resource, format!("https://{suffix}"));
         }
-        assert!(Cloud::resolve(Some("Mars"), &c).is_err());
-        assert!(Cloud::resolve(Some("AzureStackCloud"), &c).is_err());
+        assert!(resolve(Some("Mars")).is_err());
+        assert!(resolve(Some("AzureStackCloud")).is_err());
     }
 
     #[test]
     fn stack_cloud_comes_from_node_config() {
         let c = NodeConfig::parse(r#"{"cloud":"AzureStackCloud","customCloud":{"authorityHost":"https://login.local/","keyVaultDnsSuffix":"vault.local","keyVaultResource":"https://vault.local/"}}"#).unwrap();
-        let cloud = Cloud::resolve(None, &c).unwrap();
+        let cloud = c.cloud(None).unwrap();
         assert_eq!(cloud.authority_host, "https://login.local");
         assert_eq!(cloud.vault_url("kv1"), "https://kv1.vault.local/");
         assert_eq!(cloud.vault_resource, "https://vault.local");

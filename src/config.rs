@@ -26,18 +26,6 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 /// Default NMI port (aad-pod-identity).
 pub const DEFAULT_NMI_PORT: u16 = 2579;
 
-/// Endpoints of a cloud that is not one of the named ones (Azure Stack, air-gapped).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CustomCloud {
-    /// AAD authority host, e.g. `https://login.contoso.local`.
-    pub authority_host: String,
-    /// Key Vault DNS suffix, e.g. `vault.contoso.local`.
-    pub key_vault_dns_suffix: String,
-    /// Token resource for Key Vault, e.g. `https://vault.contoso.local`.
-    pub key_vault_resource: String,
-}
-
 /// Log settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -65,7 +53,7 @@ pub struct NodeConfig {
     /// Default cloud for pods that give no `cloudname`.
     pub cloud: Option<String>,
     /// Endpoints used for `cloudname: AzureStackCloud`.
-    pub custom_cloud: Option<CustomCloud>,
+    pub custom_cloud: Option<crate::cloud::CustomCloud>,
     /// Default NMI port.
     pub nmi_port: Option<u16>,
     /// Deadline of one call, seconds.
@@ -108,7 +96,7 @@ impl NodeConfig {
                 format!(
                     "node config {} is invalid: {}; fix or remove the file",
                     path.display(),
-                    e.message
+                    e.message()
                 ),
             )
         })
@@ -145,16 +133,18 @@ impl NodeConfig {
             }
         }
         if let Some(cloud) = &config.cloud {
-            crate::cloud::Cloud::resolve(
-                Some(cloud),
-                &NodeConfig {
-                    cloud: None,
-                    ..config.clone()
-                },
-            )
-            .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message)))?;
+            crate::cloud::Cloud::resolve(cloud, config.custom_cloud.as_ref())
+            .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
         }
         Ok(config)
+    }
+
+    /// The cloud of a volume: its `cloudname` option, else this node's default, else public Azure.
+    pub fn cloud(&self, option: Option<&str>) -> Result<crate::cloud::Cloud> {
+        let name = option
+            .or(self.cloud.as_deref())
+            .unwrap_or(crate::cloud::PUBLIC);
+        crate::cloud::Cloud::resolve(name, self.custom_cloud.as_ref())
     }
 
     /// The deadline of one call.
@@ -271,7 +261,7 @@ mod tests {
             r#"{"policy":{"nodeIdentityNamespace":["a"]}}"#,
         ] {
             let e = NodeConfig::parse(bad).unwrap_err();
-            assert_eq!(e.code, Code::Config, "{bad}");
+            assert_eq!(e.code(), Code::Config, "{bad}");
         }
     }
 
@@ -285,20 +275,20 @@ mod tests {
         assert_eq!(
             c.check_policy(Some("web"), true, &["kv2"])
                 .unwrap_err()
-                .code,
+                .code(),
             Code::Policy
         );
         assert!(c.check_policy(Some("web"), false, &["kv2"]).is_ok());
         assert_eq!(
             c.check_policy(Some("web"), false, &["kv1"])
                 .unwrap_err()
-                .code,
+                .code(),
             Code::Policy
         );
         assert_eq!(
             c.check_policy(Some("other"), false, &["kv1"])
                 .unwrap_err()
-                .code,
+                .code(),
             Code::Policy
         );
         assert!(NodeConfig::default()

@@ -115,7 +115,7 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
             None
         }
     };
-    let cloud = match Cloud::resolve(spec.as_ref().and_then(|s| s.cloud.as_deref()), &config) {
+    let cloud = match config.cloud(spec.as_ref().and_then(|s| s.cloud.as_deref())) {
         Ok(c) => c,
         Err(e) => {
             r.add(Verdict::Fail, "cloud", e.to_string());
@@ -173,7 +173,7 @@ fn check_binary(r: &mut Report) {
                 r.add(
                     Verdict::Pass,
                     "binary",
-                    format!("statically linked, {}", crate::cli::version().trim()),
+                    format!("statically linked, {}", crate::version().trim()),
                 );
             }
         }
@@ -491,7 +491,7 @@ async fn reach(r: &mut Report, http: &reqwest::Client, check: &str, url: &str, o
             r.add(
                 on_error,
                 check,
-                format!("{url}: {fix} ({})", crate::options::printable(&cause)),
+                format!("{url}: {fix} ({})", crate::error::printable(&cause)),
             );
         }
     }
@@ -548,7 +548,7 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, cloud: &Cloud, config: &Node
                 );
             }
             Err(e) => {
-                let auth = crate::fetch::exit_code(e.code) == 3 || e.code == Code::Timeout;
+                let auth = e.code().exit_class() == 3 || e.code() == Code::Timeout;
                 r.add(
                     Verdict::Fail,
                     if auth { "token" } else { &check },

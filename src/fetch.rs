@@ -8,7 +8,8 @@
 
 use crate::config::NodeConfig;
 use crate::error::{Code, Error, Result};
-use crate::options::{printable, VolumeSpec};
+use crate::error::printable;
+use crate::options::VolumeSpec;
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -66,24 +67,6 @@ pub struct FetchArgs {
     pub json: bool,
 }
 
-/// Exit code for an error class, so scripts can branch without parsing text.
-pub fn exit_code(code: Code) -> u8 {
-    match code {
-        Code::Usage | Code::Options | Code::Config | Code::Policy | Code::Dir => 2,
-        Code::NmiNoIdentity
-        | Code::Nmi
-        | Code::ImdsNoIdentity
-        | Code::Imds
-        | Code::AadClient
-        | Code::Aad
-        | Code::VaultUnauthorized => 3,
-        Code::NotFound => 4,
-        Code::Forbidden | Code::Disabled => 5,
-        Code::Network | Code::Timeout | Code::Throttled | Code::Vault => 6,
-        Code::Render | Code::Mount | Code::Internal => 1,
-    }
-}
-
 /// Runs `kv fetch`; returns (stdout text, exit code).
 pub fn run(args: FetchArgs) -> (String, u8) {
     let json_out = args.json;
@@ -93,12 +76,12 @@ pub fn run(args: FetchArgs) -> (String, u8) {
             let text = if json_out {
                 format!(
                     "{}\n",
-                    json!({"status": "Failure", "code": e.code.as_str(), "message": e.message})
+                    json!({"status": "Failure", "code": e.code().as_str(), "message": e.message()})
                 )
             } else {
                 format!("error: {e}\n")
             };
-            (text, exit_code(e.code))
+            (text, e.code().exit_class())
         }
     }
 }

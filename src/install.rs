@@ -158,7 +158,7 @@ fn install(args: &InstallArgs) -> Result<Vec<String>, String> {
     remove_stale_temp_files(&dir);
 
     let mut lines = Vec::new();
-    let version = crate::cli::version();
+    let version = crate::version();
     let version = version.trim();
     let kv = dir.join(BINARY);
     if replace(&dir, BINARY, &exe, 0o755, target)? {
@@ -249,7 +249,7 @@ fn read_config(path: &Path) -> Result<(PathBuf, String), String> {
         format!(
             "node config {} is invalid: {}; nothing was installed or replaced",
             path.display(),
-            e.message
+            e.message()
         )
     })?;
     Ok((path.to_path_buf(), text))

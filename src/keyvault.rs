@@ -306,7 +306,7 @@ impl Fetcher {
         for (i, version) in versions.iter().enumerate() {
             let rendered = match self.get_rendered(o, clients, version.as_deref()).await {
                 Ok(r) => r,
-                Err(e) if e.code == Code::NotFound && o.optional => {
+                Err(e) if e.code() == Code::NotFound && o.optional => {
                     crate::log::warn(
                         "optional_missing",
                         serde_json::json!({"vault": o.vault, "object": o.name, "version": version}),
@@ -569,7 +569,7 @@ impl Fetcher {
                     "keyvault_error",
                     serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": code, "innererror": inner, "request_id": request_id}),
                 );
-                let first_line = crate::options::printable(message.lines().next().unwrap_or(""));
+                let first_line = crate::error::printable(message.lines().next().unwrap_or(""));
                 let who = self.provider.identity_name();
                 match status {
                     401 => Error::new(
@@ -613,7 +613,7 @@ impl Fetcher {
                         "cannot reach vault {} at {}: {}",
                         o.vault,
                         self.cloud.vault_url(&o.vault),
-                        crate::options::printable(&cause)
+                        crate::error::printable(&cause)
                     ),
                 )
             }
@@ -621,7 +621,7 @@ impl Fetcher {
                 Code::Vault,
                 format!(
                     "Key Vault answer for {what} is unusable: {}",
-                    crate::options::printable(&e.to_string())
+                    crate::error::printable(&e.to_string())
                 ),
             ),
         }

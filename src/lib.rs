@@ -27,3 +27,12 @@ pub mod render;
 pub mod reply;
 pub mod secret;
 pub mod volume;
+
+/// `kv <version> (<git revision>)`, for `kv --version`, `kv install` and `kv doctor`.
+pub fn version() -> String {
+    format!(
+        "kv {} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("KV_GIT_REVISION").unwrap_or("unknown revision")
+    )
+}

@@ -57,7 +57,7 @@ pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
     if !spec.unknown_keys.is_empty() {
         crate::log::warn("unknown_options", json!({"keys": spec.unknown_keys}));
     }
-    let cloud = Cloud::resolve(spec.cloud.as_deref(), config)?;
+    let cloud = config.cloud(spec.cloud.as_deref())?;
     let uses_node_identity = matches!(spec.identity, Identity::NodeManagedIdentity { .. });
     config.check_policy(
         spec.pod.namespace.as_deref(),

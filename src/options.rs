@@ -6,7 +6,7 @@
 //! case-insensitively. Everything kv uses is validated here, so a mistake is reported before any
 //! request is made and before anything touches the node.
 
-use crate::error::{Error, Result};
+use crate::error::{printable, Error, Result};
 use crate::render::{Encoding, Format, ObjectKind, RenderOptions};
 use crate::secret::Secret;
 use base64::Engine;
@@ -297,15 +297,6 @@ pub fn parse_bool(v: &str) -> Option<bool> {
         "0" | "f" | "F" | "false" | "FALSE" | "False" | "no" => Some(false),
         _ => None,
     }
-}
-
-/// Makes user text safe to echo in one line: control characters shown escaped, long text cut.
-pub fn printable(s: &str) -> String {
-    let mut out: String = s.chars().take(80).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 80 {
-        out.push('…');
-    }
-    out
 }
 
 /// Vault names: 3–24 of letters, digits and hyphens, starting with a letter, ending with a
@@ -1047,7 +1038,7 @@ mod tests {
 
     fn err_with(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Error {
         let e = parse_with(edit).unwrap_err();
-        assert_eq!(e.code, Code::Options, "{e}");
+        assert_eq!(e.code(), Code::Options, "{e}");
         e
     }
 
@@ -1102,7 +1093,7 @@ mod tests {
         let e = err_with(|m| {
             m.insert("KEYVAULTNAME".into(), "other".into());
         });
-        assert!(e.message.contains("given twice"), "{e}");
+        assert!(e.message().contains("given twice"), "{e}");
     }
 
     #[test]
@@ -1280,19 +1271,19 @@ mod tests {
         ];
         for (want, edit) in cases {
             let e = err_with(edit);
-            assert!(e.message.contains(want), "want {want:?} in {e}");
+            assert!(e.message().contains(want), "want {want:?} in {e}");
         }
     }
 
     #[test]
     fn hostile_json_is_a_clear_failure() {
         for bad in ["", "[]", "\"x\"", "{", "{\"a\":1}x", &"[".repeat(10_000)] {
-            assert_eq!(VolumeSpec::parse(bad).unwrap_err().code, Code::Options);
+            assert_eq!(VolumeSpec::parse(bad).unwrap_err().code(), Code::Options);
         }
         let e = VolumeSpec::parse(r#"{"keyvaultname":{"nested":{"deep":1}}}"#).unwrap_err();
-        assert!(e.message.contains("must be a string"));
+        assert!(e.message().contains("must be a string"));
         let long = format!(r#"{{"keyvaultname":"{}"}}"#, "a".repeat(128 * 1024));
-        assert!(VolumeSpec::parse(&long).unwrap_err().message.len() < 400);
+        assert!(VolumeSpec::parse(&long).unwrap_err().message().len() < 400);
     }
 
     #[test]
@@ -1326,7 +1317,7 @@ mod tests {
                 r#"[{"objectName":"a","objectType":"secret"}]"#.into(),
             );
         });
-        assert!(e.message.contains("both given"), "{e}");
+        assert!(e.message().contains("both given"), "{e}");
         let e = err_with(|m| {
             m.remove("keyvaultobjectnames");
             m.remove("keyvaultobjecttypes");
@@ -1335,7 +1326,7 @@ mod tests {
                 r#"[{"objectName":"a","objectType":"secret","objectAlais":"x"}]"#.into(),
             );
         });
-        assert!(e.message.contains("unknown field `objectAlais`"), "{e}");
+        assert!(e.message().contains("unknown field `objectAlais`"), "{e}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn validate_kubelet_dir(dir: &Path) -> Result<()> {
             Code::Dir,
             format!(
                 "mount directory {} {why}; kubelet passes <kubelet-root>/pods/<pod-uid>/volumes/azure~kv/<volume>",
-                crate::options::printable(&dir.to_string_lossy())
+                crate::error::printable(&dir.to_string_lossy())
             ),
         )
     };
@@ -436,7 +436,7 @@ mod tests {
             "/var/lib/kubelet/pods/u/volumes/azure~kv/v/",
         ] {
             assert_eq!(
-                validate_kubelet_dir(Path::new(bad)).unwrap_err().code,
+                validate_kubelet_dir(Path::new(bad)).unwrap_err().code(),
                 Code::Dir,
                 "{bad}"
             );

@@ -128,7 +128,7 @@ fn explain(status: u16, body: &[u8], tenant: &str, client_id: &str) -> Error {
     }
     Error::new(
         Code::Aad,
-        format!("AAD refused a token for service principal {client_id} in tenant {tenant}: HTTP {status} {} ({aadsts})", crate::options::printable(error)),
+        format!("AAD refused a token for service principal {client_id} in tenant {tenant}: HTTP {status} {} ({aadsts})", crate::error::printable(error)),
     )
 }
 
@@ -144,24 +144,24 @@ mod tests {
             "t",
             "c",
         );
-        assert_eq!(e.code, Code::AadClient);
-        assert!(e.message.contains("AADSTS7000215"));
+        assert_eq!(e.code(), Code::AadClient);
+        assert!(e.message().contains("AADSTS7000215"));
         let e = explain(
             400,
             br#"{"error":"unauthorized_client","error_codes":[700016]}"#,
             "t",
             "c",
         );
-        assert_eq!(e.code, Code::Aad);
-        assert!(e.message.contains("no application c"));
+        assert_eq!(e.code(), Code::Aad);
+        assert!(e.message().contains("no application c"));
         let e = explain(
             400,
             br#"{"error":"invalid_request","error_codes":[90002]}"#,
             "t",
             "c",
         );
-        assert!(e.message.contains("no tenant t"));
+        assert!(e.message().contains("no tenant t"));
         let e = explain(400, b"garbage", "t", "c");
-        assert_eq!(e.code, Code::Aad);
+        assert_eq!(e.code(), Code::Aad);
     }
 }

@@ -40,11 +40,10 @@ pub async fn fetch(
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let mut err = network_error("cannot reach IMDS at 169.254.169.254", &e);
-                    if err.code == Code::Network {
-                        err.code = Code::Imds;
-                    }
-                    err.message.push_str("; kv must run on an Azure VM with host networking");
+                    let err = network_error("cannot reach IMDS at 169.254.169.254", &e);
+                    // A stall stays a timeout; anything else means the service is unreachable.
+                    let code = if err.code() == Code::Timeout { Code::Timeout } else { Code::Imds };
+                    let err = err.recode(code, "; kv must run on an Azure VM with host networking");
                     return Attempt::Retry { after: None, error: err };
                 }
             };
@@ -91,5 +90,5 @@ pub(crate) fn oauth_error(body: &[u8]) -> String {
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let desc = field("error_description");
     let first_line = desc.lines().next().unwrap_or("").to_string();
-    crate::options::printable(&format!("{}: {}", field("error"), first_line))
+    crate::error::printable(&format!("{}: {}", field("error"), first_line))
 }

@@ -39,11 +39,10 @@ pub async fn fetch(
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let mut err = network_error(&format!("cannot reach NMI at 127.0.0.1:{port}"), &e);
-                    if err.code == Code::Network {
-                        err.code = Code::Nmi;
-                    }
-                    err.message.push_str("; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?");
+                    let err = network_error(&format!("cannot reach NMI at 127.0.0.1:{port}"), &e);
+                    // A stall stays a timeout; anything else means the service is unreachable.
+                    let code = if err.code() == Code::Timeout { Code::Timeout } else { Code::Nmi };
+                    let err = err.recode(code, "; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?");
                     return Attempt::Retry { after: None, error: err };
                 }
             };
@@ -111,7 +110,7 @@ fn parse(body: &[u8]) -> Result<(Token, Option<String>)> {
 /// NMI's plain-text error bodies name the pod and the problem, never a secret; one short line.
 fn text(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(body);
-    crate::options::printable(s.trim())
+    crate::error::printable(s.trim())
 }
 
 #[cfg(test)]

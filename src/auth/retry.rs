@@ -41,8 +41,8 @@ impl Deadline {
         match last {
             // The last answer is the real cause and has its own fix: keep its code.
             Some(e) => Error::new(
-                e.code,
-                format!("timed out after {secs}s waiting for {what}: {}", e.message),
+                e.code(),
+                format!("timed out after {secs}s waiting for {what}: {}", e.message()),
             ),
             None => Error::new(
                 Code::Timeout,
