@@ -91,7 +91,6 @@ impl Cloud {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::NodeConfig;
 
     #[test]

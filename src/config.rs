@@ -134,7 +134,7 @@ impl NodeConfig {
         }
         if let Some(cloud) = &config.cloud {
             crate::cloud::Cloud::resolve(cloud, config.custom_cloud.as_ref())
-            .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
+                .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
         }
         Ok(config)
     }

@@ -40,8 +40,9 @@ pub fn client() -> Result<reqwest::Client> {
 }
 
 fn roots() -> Result<rustls::RootCertStore> {
-    let path = std::env::var_os("SSL_CERT_FILE")
-        .map(std::path::PathBuf::from)
+    let path = crate::env::get()
+        .ssl_cert_file
+        .clone()
         .or_else(|| BUNDLES.iter().map(std::path::PathBuf::from).find(|p| p.exists()))
         .ok_or_else(|| {
             Error::new(

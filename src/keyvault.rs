@@ -1,7 +1,7 @@
 //! Fetching every object of a volume from Key Vault, concurrently, with the official SDK clients.
 //!
 //! Request plan for one mount (the network floor is two round trips):
-//! - the token request starts at once (see [`crate::mount`]);
+//! - the token request starts at once (see [`crate::pipeline::fetch`]);
 //! - per vault, the first object's request goes out at once without a token, so Key Vault's
 //!   401 challenge (which tells the SDK the token scope, and which the SDK checks against the
 //!   vault's host) overlaps the token request;
@@ -318,17 +318,8 @@ impl Fetcher {
                 }
                 Err(e) => return Err(e),
             };
-            let base = if o.version_history > 1 {
-                format!("{}/{i}", o.file)
-            } else {
-                o.file.clone()
-            };
             for f in rendered {
-                let path = match f.suffix {
-                    Some(s) => format!("{base}{s}"),
-                    None => base.clone(),
-                };
-                files.push((path, f));
+                files.push((o.file_path(i, f.suffix), f));
             }
         }
         crate::log::info(

@@ -9,20 +9,26 @@
 //! argv (secretRef values included) when a driver exits non-zero. Logs go to a file, never to
 //! stdout or stderr.
 
+//!
+//! The tree follows the data path of one mount (see [`pipeline`]):
+//! [`cmd`] (argv → verb) → [`options`] (kubelet's JSON → [`options::VolumeSpec`]) →
+//! [`config`] + [`cloud`] (the node's policy and endpoints) → [`auth`] (one token source per
+//! identity) → [`keyvault`] (every object, concurrently, over [`http`]) → [`render`] (object →
+//! file bytes) → [`volume`] (tmpfs, attached in one step) → [`reply`] (the one JSON line).
+
+pub mod atomic;
 pub mod auth;
-pub mod cli;
 pub mod cloud;
+pub mod cmd;
 pub mod config;
-pub mod doctor;
+pub mod env;
 pub mod error;
-pub mod fetch;
 pub mod http;
 pub mod install;
 pub mod keyvault;
 pub mod log;
-pub mod logs;
-pub mod mount;
 pub mod options;
+pub mod pipeline;
 pub mod render;
 pub mod reply;
 pub mod secret;

@@ -1,11 +1,13 @@
 //! `kv`: wiring only. Parse, run, print exactly one reply, exit.
 
-use keyvault_flexvolume::{cli, reply::Reply};
+use keyvault_flexvolume::{cmd, reply::Reply};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
-    if cli::is_flexvolume_call(&args) {
+    // The environment is read once, here, before anything else runs.
+    keyvault_flexvolume::env::get();
+    if cmd::is_flexvolume_call(&args) {
         // kubelet parses stdout and stderr combined: nothing may ever reach stderr.
         silence_stderr();
         std::panic::set_hook(Box::new(|info| {
@@ -23,13 +25,13 @@ fn main() -> ExitCode {
             std::process::exit(0);
         }));
     }
-    match cli::run(args) {
-        cli::Outcome::Reply(reply) => {
+    match cmd::run(args) {
+        cmd::Outcome::Reply(reply) => {
             reply.emit();
             // 0 for Failure too: kubelet still fails the call, and does not log argv.
             ExitCode::SUCCESS
         }
-        cli::Outcome::Text(text, code) => {
+        cmd::Outcome::Text(text, code) => {
             use std::io::Write;
             let _ = std::io::stdout().write_all(text.as_bytes());
             ExitCode::from(code)

@@ -40,16 +40,16 @@ pub struct Layout {
 }
 
 const PAGE: u64 = 4096;
-/// Room for kubelet/runtime metadata (SELinux relabel xattrs) beyond the files.
-const HEADROOM: u64 = 64 * 1024;
+/// Room for kubelet/runtime metadata (SELinux relabel xattrs) beyond the files, when the
+/// node's cap allows it.
+pub const HEADROOM: u64 = 64 * 1024;
 
-/// Bytes of tmpfs the files need (tmpfs charges whole pages).
+/// Bytes of tmpfs the files need (tmpfs charges whole pages), without headroom.
 pub fn needed_bytes(files: &[VolumeFile]) -> u64 {
-    let data: u64 = files
+    files
         .iter()
         .map(|f| (f.bytes.len() as u64).div_ceil(PAGE).max(1) * PAGE)
-        .sum();
-    data + HEADROOM
+        .sum()
 }
 
 /// Checks `<dir>` has kubelet's shape `<root>/pods/<uid>/volumes/azure~kv/<name>`: absolute, no
@@ -456,6 +456,6 @@ mod tests {
             bytes: Zeroizing::new(vec![0; n]),
             mode: 0o444,
         };
-        assert_eq!(needed_bytes(&[f(0), f(1), f(4097)]), 4 * PAGE + HEADROOM);
+        assert_eq!(needed_bytes(&[f(0), f(1), f(4097)]), 4 * PAGE);
     }
 }

@@ -42,7 +42,10 @@ impl Deadline {
             // The last answer is the real cause and has its own fix: keep its code.
             Some(e) => Error::new(
                 e.code(),
-                format!("timed out after {secs}s waiting for {what}: {}", e.message()),
+                format!(
+                    "timed out after {secs}s waiting for {what}: {}",
+                    e.message()
+                ),
             ),
             None => Error::new(
                 Code::Timeout,

@@ -91,13 +91,13 @@ pub(crate) fn render(
     if opts.split_cert_and_key {
         if let Some((keys, certs)) = pems {
             files.push(RenderedFile {
-                suffix: Some(".crt"),
+                suffix: Some(super::SPLIT_SUFFIXES[0]),
                 bytes: certs,
             });
             // A certificate with a non-exportable key has no key to write.
             if !keys.is_empty() {
                 files.push(RenderedFile {
-                    suffix: Some(".key"),
+                    suffix: Some(super::SPLIT_SUFFIXES[1]),
                     bytes: keys,
                 });
             }

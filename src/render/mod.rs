@@ -21,7 +21,6 @@ mod pem;
 mod pkcs12;
 
 use std::fmt;
-use std::str::FromStr;
 
 use base64::Engine as _;
 use zeroize::Zeroizing;
@@ -56,33 +55,6 @@ impl Format {
             Format::Jwk => "jwk",
         }
     }
-
-    /// Parses an option value where empty (after trimming) means "not set".
-    pub fn parse_option(s: &str) -> Result<Option<Self>, RenderError> {
-        if s.trim().is_empty() {
-            Ok(None)
-        } else {
-            s.parse().map(Some)
-        }
-    }
-}
-
-impl FromStr for Format {
-    type Err = RenderError;
-
-    /// Case-insensitive, surrounding whitespace ignored (as the CSI provider trims).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        [Format::Pem, Format::Pfx, Format::Der, Format::Jwk]
-            .into_iter()
-            .find(|f| s.eq_ignore_ascii_case(f.as_str()))
-            .ok_or_else(|| {
-                RenderError::Options(format!(
-                    "objectFormat `{}` is not one of pem, pfx, der, jwk",
-                    shown(s)
-                ))
-            })
-    }
 }
 
 impl fmt::Display for Format {
@@ -109,36 +81,6 @@ impl Encoding {
             Encoding::Utf8 => "utf-8",
             Encoding::Base64 => "base64",
             Encoding::Hex => "hex",
-        }
-    }
-
-    /// Parses an option value where empty (after trimming) means "not set".
-    pub fn parse_option(s: &str) -> Result<Option<Self>, RenderError> {
-        if s.trim().is_empty() {
-            Ok(None)
-        } else {
-            s.parse().map(Some)
-        }
-    }
-}
-
-impl FromStr for Encoding {
-    type Err = RenderError;
-
-    /// Case-insensitive; `utf8` is accepted as well as the CSI spelling `utf-8`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("utf-8") || s.eq_ignore_ascii_case("utf8") {
-            Ok(Encoding::Utf8)
-        } else if s.eq_ignore_ascii_case("base64") {
-            Ok(Encoding::Base64)
-        } else if s.eq_ignore_ascii_case("hex") {
-            Ok(Encoding::Hex)
-        } else {
-            Err(RenderError::Options(format!(
-                "objectEncoding `{}` is not one of utf-8, base64, hex",
-                shown(s)
-            )))
         }
     }
 }
@@ -180,6 +122,10 @@ impl ObjectKind {
         }
     }
 }
+
+/// What a split certificate-backed secret writes beside its main file: the certificates,
+/// then the key.
+pub const SPLIT_SUFFIXES: [&str; 2] = [".crt", ".key"];
 
 /// One file to write for an object.
 pub struct RenderedFile {

@@ -9,7 +9,7 @@ use super::asn1::{self, PublicKey};
 use super::chain::CertInfo;
 use super::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/keyvault/");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keyvault/");
 
 fn fixture(name: &str) -> Value {
     let path = format!("{FIXTURES}{name}");
@@ -81,39 +81,6 @@ fn key_public(pkcs8: &[u8]) -> PublicKey {
 }
 
 // ---------------------------------------------------------------- options
-
-#[test]
-fn format_and_encoding_parse_case_insensitively() {
-    let formats = [
-        ("pem", Format::Pem),
-        ("PEM", Format::Pem),
-        (" Pfx ", Format::Pfx),
-        ("der", Format::Der),
-        ("JWK", Format::Jwk),
-    ];
-    for (s, want) in formats {
-        assert_eq!(s.parse::<Format>().unwrap(), want, "{s}");
-    }
-    let encodings = [
-        ("utf-8", Encoding::Utf8),
-        ("UTF8", Encoding::Utf8),
-        ("Base64", Encoding::Base64),
-        ("HEX", Encoding::Hex),
-    ];
-    for (s, want) in encodings {
-        assert_eq!(s.parse::<Encoding>().unwrap(), want, "{s}");
-    }
-    for bad in ["", "pkcs12", "p e m"] {
-        assert!(bad.parse::<Format>().is_err(), "{bad}");
-    }
-    for bad in ["", "utf-16", "base32"] {
-        assert!(bad.parse::<Encoding>().is_err(), "{bad}");
-    }
-    assert_eq!(Format::parse_option("  ").unwrap(), None);
-    assert_eq!(Encoding::parse_option("hex").unwrap(), Some(Encoding::Hex));
-    let err = "xml".parse::<Format>().unwrap_err().to_string();
-    assert_eq!(err, "objectFormat `xml` is not one of pem, pfx, der, jwk");
-}
 
 #[test]
 fn validate_options_table() {

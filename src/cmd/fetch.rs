@@ -7,28 +7,19 @@
 //! a client secret is read from a file.
 
 use crate::config::NodeConfig;
-use crate::error::{Code, Error, Result};
-use crate::error::printable;
+use crate::error::{printable, Code, Error, Result};
 use crate::options::VolumeSpec;
+use crate::pipeline;
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `kv fetch`.
 #[derive(clap::Args, Debug, Default)]
 pub struct FetchArgs {
-    /// The options JSON exactly as kubelet passes it.
-    #[arg(long, value_name = "JSON")]
-    pub options: Option<String>,
-    /// A file holding the options JSON.
-    #[arg(long, value_name = "FILE")]
-    pub options_file: Option<PathBuf>,
-    /// A Pod/Deployment manifest (YAML or JSON); its `azure/kv` flexVolume options are used.
-    #[arg(long, value_name = "FILE")]
-    pub pod_manifest: Option<PathBuf>,
-    /// With --pod-manifest: which volume, when the pod has several `azure/kv` volumes.
-    #[arg(long, value_name = "NAME")]
-    pub volume: Option<String>,
+    /// The options, as kubelet passes them or from a pod manifest.
+    #[command(flatten)]
+    pub input: super::input::OptionsInput,
     /// Vault name (builds options from flags).
     #[arg(long)]
     pub vault: Option<String>,
@@ -62,9 +53,17 @@ pub struct FetchArgs {
     /// Validate and print the plan (vault URLs, identity, files, modes) without any request.
     #[arg(long)]
     pub dry_run: bool,
+    /// Mode of the files written with --dir (default: the volume's modes, at most 0600 unless
+    /// the dir is on a tmpfs: a plain directory may be on disk and backed up).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode_arg)]
+    pub mode: Option<u32>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_mode_arg(s: &str) -> std::result::Result<u32, String> {
+    crate::options::parse_mode("--mode", s).map_err(|e| e.message().to_string())
 }
 
 /// Runs `kv fetch`; returns (stdout text, exit code).
@@ -88,14 +87,10 @@ pub fn run(args: FetchArgs) -> (String, u8) {
 
 fn fetch(args: FetchArgs) -> Result<String> {
     let config = NodeConfig::load_beside_binary()?;
-    crate::log::init(
-        config.log_path(std::env::var_os("KV_LOG_FILE").map(PathBuf::from)),
-        config.log_max_bytes(),
-        "fetch",
-    );
+    super::start_log(&config, "fetch");
     let options = options_json(&args)?;
     let spec = VolumeSpec::parse(&options)?;
-    let cloud = crate::mount::resolve(&spec, &config)?;
+    let cloud = pipeline::resolve(&spec, &config)?;
     if args.dry_run {
         return Ok(plan(&spec, &cloud, &args));
     }
@@ -110,8 +105,8 @@ fn fetch(args: FetchArgs) -> Result<String> {
         );
     }
     let deadline = crate::auth::Deadline::after(config.deadline());
-    let fetched = crate::mount::fetch(&spec, &cloud, &config, deadline)?;
-    let layout = crate::mount::layout(&spec, fetched, &config)?;
+    let fetched = pipeline::fetch(&spec, &cloud, &config, deadline)?;
+    let layout = pipeline::layout(&spec, fetched, &config)?;
 
     if let Some(which) = &args.stdout {
         let file =
@@ -154,11 +149,12 @@ fn fetch(args: FetchArgs) -> Result<String> {
             "say where the files go: --dir DIR, --stdout, or --dry-run",
         )
     })?;
-    write_dir(&dir, &layout)?;
+    let modes = pipeline::write::to_dir(&dir, &layout, args.mode)?;
     let files: Vec<Value> = layout
         .files
         .iter()
-        .map(|f| json!({"file": f.path, "mode": format!("{:04o}", f.mode), "bytes": f.bytes.len()}))
+        .zip(&modes)
+        .map(|(f, mode)| json!({"file": f.path, "mode": format!("{mode:04o}"), "bytes": f.bytes.len()}))
         .collect();
     if args.json {
         return Ok(format!(
@@ -167,11 +163,10 @@ fn fetch(args: FetchArgs) -> Result<String> {
         ));
     }
     let mut text = String::new();
-    for f in &layout.files {
+    for (f, mode) in layout.files.iter().zip(&modes) {
         text.push_str(&format!(
-            "✓ {}  {:04o}  {} bytes\n",
+            "✓ {}  {mode:04o}  {} bytes\n",
             dir.join(&f.path).display(),
-            f.mode,
             f.bytes.len()
         ));
     }
@@ -180,46 +175,18 @@ fn fetch(args: FetchArgs) -> Result<String> {
 
 /// Builds kubelet-style options from whichever input the operator gave.
 fn options_json(args: &FetchArgs) -> Result<String> {
-    let given = [
-        args.options.is_some(),
-        args.options_file.is_some(),
-        args.pod_manifest.is_some(),
-        args.vault.is_some(),
-    ]
-    .iter()
-    .filter(|g| **g)
-    .count();
-    if given != 1 {
+    if args.input.given() + usize::from(args.vault.is_some()) != 1 {
         return Err(Error::new(
             Code::Usage,
             "give the options one way: --options JSON, --options-file FILE, --pod-manifest FILE, or --vault with --object",
         ));
     }
-    let mut options: Map<String, Value> = if let Some(o) = &args.options {
-        parse_object(o, "--options")?
-    } else if let Some(f) = &args.options_file {
-        parse_object(&read(f)?, &f.display().to_string())?
-    } else if let Some(f) = &args.pod_manifest {
-        from_manifest(&read(f)?, args.volume.as_deref())?
-    } else {
-        from_flags(args)?
+    let mut options = match args.input.read()? {
+        Some(m) => m,
+        None => from_flags(args)?,
     };
     add_identity_flags(args, &mut options)?;
     Ok(Value::Object(options).to_string())
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::new(Code::Usage, format!("cannot read {}: {e}", path.display())))
-}
-
-fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(Error::options(format!(
-            "{what} is not a JSON object of option strings"
-        ))),
-    }
 }
 
 fn from_flags(args: &FetchArgs) -> Result<Map<String, Value>> {
@@ -262,88 +229,6 @@ fn from_flags(args: &FetchArgs) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
-/// The flexVolume options of an `azure/kv` volume in a Pod (or a workload's pod template),
-/// plus the pod keys kubelet would add.
-fn from_manifest(text: &str, volume: Option<&str>) -> Result<Map<String, Value>> {
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| {
-        Error::new(
-            Code::Usage,
-            format!("the manifest is not YAML or JSON: {e}"),
-        )
-    })?;
-    let metadata = doc.get("metadata").cloned().unwrap_or_default();
-    let spec = doc
-        .pointer("/spec/template/spec")
-        .or_else(|| doc.pointer("/spec/jobTemplate/spec/template/spec"))
-        .or_else(|| doc.get("spec"))
-        .cloned()
-        .unwrap_or_default();
-    let volumes: Vec<&Value> = spec
-        .get("volumes")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter(|v| {
-                    v.pointer("/flexVolume/driver").and_then(|d| d.as_str()) == Some("azure/kv")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let chosen = match (volume, volumes.as_slice()) {
-        (_, []) => {
-            return Err(Error::new(
-                Code::Usage,
-                "the manifest has no volume with flexVolume.driver \"azure/kv\"",
-            ))
-        }
-        (None, [one]) => *one,
-        (None, _) => {
-            return Err(Error::new(
-                Code::Usage,
-                "the manifest has several azure/kv volumes: pick one with --volume NAME",
-            ))
-        }
-        (Some(name), all) => all
-            .iter()
-            .find(|v| v.get("name").and_then(|n| n.as_str()) == Some(name))
-            .copied()
-            .ok_or_else(|| {
-                Error::new(
-                    Code::Usage,
-                    format!(
-                        "the manifest has no azure/kv volume named {}",
-                        printable(name)
-                    ),
-                )
-            })?,
-    };
-    let mut options = chosen
-        .pointer("/flexVolume/options")
-        .and_then(|o| o.as_object())
-        .cloned()
-        .unwrap_or_default();
-    let pod_name = metadata
-        .get("name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("kv-fetch");
-    let namespace = metadata
-        .get("namespace")
-        .and_then(|n| n.as_str())
-        .unwrap_or("default");
-    options.insert("kubernetes.io/pod.name".into(), json!(pod_name));
-    options.insert("kubernetes.io/pod.namespace".into(), json!(namespace));
-    if let Some(g) = spec
-        .pointer("/securityContext/fsGroup")
-        .and_then(|g| g.as_u64())
-    {
-        options.insert(
-            "kubernetes.io/mounterArgs.FsGroup".into(),
-            json!(g.to_string()),
-        );
-    }
-    Ok(options)
-}
-
 fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()> {
     if let Some(pod) = &args.pod_identity {
         let (ns, name) = pod
@@ -364,7 +249,7 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
         let secret_file = args.client_secret_file.as_ref().ok_or_else(|| {
             Error::new(Code::Usage, "--client-id needs --client-secret-file FILE (secrets never go on the command line)")
         })?;
-        let secret = zeroize::Zeroizing::new(read(secret_file)?);
+        let secret = zeroize::Zeroizing::new(super::input::read(secret_file)?);
         let b64 = base64::engine::general_purpose::STANDARD;
         m.insert(
             "kubernetes.io/secret/clientid".into(),
@@ -386,32 +271,23 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
 
 /// The resolved plan, without any request.
 fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> String {
-    let default_mode = crate::mount::default_mode(spec);
-    let objects: Vec<Value> = spec
-        .objects
-        .iter()
-        .map(|o| {
-            let mut files = vec![o.file.clone()];
-            if o.version_history > 1 {
-                files = (0..o.version_history).map(|i| format!("{}/{i}", o.file)).collect();
-            }
-            if o.render.split_cert_and_key {
-                files.push(format!("{}.crt", o.file));
-                files.push(format!("{}.key", o.file));
-            }
-            json!({
-                "vault": o.vault, "url": format!("{}{}/{}{}", cloud.vault_url(&o.vault), crate::keyvault::plural(o.kind), o.name,
-                    o.version.as_ref().map(|v| format!("/{v}")).unwrap_or_default()),
-                "object": o.name, "type": crate::keyvault::kind_name(o.kind), "version": o.version.clone().unwrap_or_else(|| "latest".into()),
-                "files": files, "mode": format!("{:04o}", o.permission.unwrap_or(default_mode)), "optional": o.optional,
-            })
-        })
-        .collect();
-    let plan = json!({
-        "cloud": cloud.name, "authority": cloud.authority_host, "resource": cloud.vault_resource,
-        "identity": spec.identity.describe(), "fsGroup": spec.fs_group, "objects": objects,
-    });
+    let planned = pipeline::plan(spec, cloud);
     if args.json {
+        let objects: Vec<Value> = planned
+            .iter()
+            .map(|p| {
+                json!({
+                    "vault": p.object.vault, "url": p.url, "object": p.object.name,
+                    "type": crate::keyvault::kind_name(p.object.kind),
+                    "version": p.object.version.as_deref().unwrap_or("latest"),
+                    "files": p.files, "mode": format!("{:04o}", p.mode), "optional": p.object.optional,
+                })
+            })
+            .collect();
+        let plan = json!({
+            "cloud": cloud.name, "authority": cloud.authority_host, "resource": cloud.vault_resource,
+            "identity": spec.identity.describe(), "fsGroup": spec.fs_group, "objects": objects,
+        });
         return format!("{plan}\n");
     }
     let mut text = format!(
@@ -420,20 +296,13 @@ fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> Str
         cloud.vault_resource,
         spec.identity.describe()
     );
-    for o in &objects {
+    for p in &planned {
         text.push_str(&format!(
-            "object    {}  →  {}  mode {}{}\n",
-            o["url"].as_str().unwrap_or(""),
-            o["files"]
-                .as_array()
-                .map(|f| f
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
-            o["mode"].as_str().unwrap_or(""),
-            if o["optional"].as_bool() == Some(true) {
+            "object    {}  →  {}  mode {:04o}{}\n",
+            p.url,
+            p.files.join(", "),
+            p.mode,
+            if p.object.optional {
                 "  (optional)"
             } else {
                 ""
@@ -442,45 +311,4 @@ fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> Str
     }
     text.push_str("dry run: no request was made\n");
     text
-}
-
-/// Writes the files with the modes a mount would give them (no ownership change unless root).
-fn write_dir(dir: &Path, layout: &crate::volume::Layout) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |what: String, e: std::io::Error| Error::new(Code::Mount, format!("{what}: {e}"));
-    std::fs::create_dir_all(dir).map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
-    for f in &layout.files {
-        let path = dir.join(&f.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io(format!("cannot create {}", parent.display()), e))?;
-        }
-        // A temp file created 0600 then renamed: never a half-written or world-readable file.
-        let tmp = path.with_file_name(format!(
-            ".{}.kv-tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-        ));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&tmp)
-            .map_err(|e| io(format!("cannot create {}", tmp.display()), e))?;
-        let written = file.write_all(&f.bytes).and_then(|_| file.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(format!("cannot write {}", tmp.display()), e));
-        }
-        if let Some(g) = layout.gid {
-            let _ = rustix::fs::fchown(&file, None, Some(rustix::fs::Gid::from_raw(g)));
-        }
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(format!("cannot write {}", path.display()), e)
-            })?;
-    }
-    Ok(())
 }

@@ -3,24 +3,38 @@
 //! Every check is read-only for the node: tmpfs is tried as a detached mount that is never
 //! attached, and object checks fetch into memory and report sizes, never values.
 
+use crate::auth::{Deadline, Provider, Source};
 use crate::cloud::Cloud;
 use crate::config::NodeConfig;
-use crate::error::{Code, Error};
-use crate::options::VolumeSpec;
+use crate::error::Code;
+use crate::options::{Identity, VolumeSpec};
+use crate::pipeline;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long doctor waits for IMDS or NMI to give a token: long enough for a healthy service,
+/// short enough that a missing binding is reported in seconds.
+const TOKEN_PROBE: Duration = Duration::from_secs(3);
+/// How long doctor waits for DNS + TCP + TLS to AAD or a vault.
+const REACH_PROBE: Duration = Duration::from_secs(5);
+/// How long doctor waits for a TCP connect to NMI's port.
+const CONNECT_PROBE: Duration = Duration::from_secs(2);
+/// The most one object's check may take (the node's deadline if shorter).
+const OBJECT_PROBE: Duration = Duration::from_secs(10);
+/// The clock difference past which AAD's tokens are rejected as not yet valid or expired.
+const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
 /// Arguments of `kv doctor`.
 #[derive(clap::Args, Debug, Default)]
 pub struct DoctorArgs {
-    /// The options of a volume to check (token and `get` on each object).
-    #[arg(long, value_name = "JSON")]
-    pub options: Option<String>,
-    /// A file holding the options JSON.
-    #[arg(long, value_name = "FILE")]
-    pub options_file: Option<PathBuf>,
-    /// The kubelet volume plugin dir (default: read from the running kubelet, else the usual places).
+    /// The volume to check (token and `get` on each object), as kubelet's options or a pod
+    /// manifest.
+    #[command(flatten)]
+    pub input: super::input::OptionsInput,
+    /// The kubelet volume plugin dir; its `azure~kv/kv.json` is the node config checked
+    /// (default: the config beside this binary; the install check also looks where the running
+    /// kubelet's flags say).
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
     /// NMI port to probe (default: node config, else 2579).
@@ -94,22 +108,24 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
     let config = check_install_and_config(&mut r, args.plugin_dir.as_deref());
     check_tmpfs(&mut r);
 
-    let spec = match options_text(&args) {
+    let spec = match args.input.read() {
         Ok(None) => None,
-        Ok(Some(text)) => match VolumeSpec::parse(&text) {
-            Ok(s) => {
-                r.add(
-                    Verdict::Pass,
-                    "options",
-                    format!("{} object(s), {}", s.objects.len(), s.identity.describe()),
-                );
-                Some(s)
+        Ok(Some(options)) => {
+            match VolumeSpec::parse(&serde_json::Value::Object(options).to_string()) {
+                Ok(s) => {
+                    r.add(
+                        Verdict::Pass,
+                        "options",
+                        format!("{} object(s), {}", s.objects.len(), s.identity.describe()),
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    r.add(Verdict::Fail, "options", format!("{e}"));
+                    None
+                }
             }
-            Err(e) => {
-                r.add(Verdict::Fail, "options", format!("{e}"));
-                None
-            }
-        },
+        }
         Err(e) => {
             r.add(Verdict::Fail, "options", format!("{e}"));
             None
@@ -140,23 +156,9 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
         spec.as_ref(),
     ));
     if let Some(spec) = &spec {
-        check_objects(&mut r, spec, &cloud, &config);
+        check_objects(&mut r, spec, &config);
     }
     r.render()
-}
-
-fn options_text(args: &DoctorArgs) -> Result<Option<String>, Error> {
-    match (&args.options, &args.options_file) {
-        (Some(o), None) => Ok(Some(o.clone())),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(Some)
-            .map_err(|e| Error::new(Code::Usage, format!("cannot read {}: {e}", f.display()))),
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(Error::new(
-            Code::Usage,
-            "give --options or --options-file, not both",
-        )),
-    }
 }
 
 /// A dynamically linked kv fails where there is no loader (the distroless KCM container).
@@ -286,21 +288,23 @@ fn check_install_and_config(r: &mut Report, given: Option<&Path>) -> NodeConfig 
             format!("no azure~kv/kv in {}: install kv, or pass --plugin-dir", PLUGIN_DIRS.join(", ")),
         ),
     }
-    let config_path = installed
-        .as_ref()
-        .and_then(|kv| kv.parent().map(|d| d.join(crate::config::FILE_NAME)))
-        .filter(|p| p.exists())
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join(crate::config::FILE_NAME)))
-        });
+    // The node config only from a place root chose: --plugin-dir or beside this binary,
+    // never from a path found in another process's command line.
+    let config_path = match given {
+        Some(d) => Some(
+            d.join(crate::install::DRIVER_DIR)
+                .join(crate::config::FILE_NAME),
+        ),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join(crate::config::FILE_NAME))),
+    };
     match config_path.as_ref().map(|p| (p, NodeConfig::load(p))) {
         Some((p, Ok(c))) => {
             let state = if p.exists() {
                 format!("{} is valid", p.display())
             } else {
-                "no kv.json: defaults (no policy: every pod may use the node identity)".into()
+                format!("no {}: defaults", p.display())
             };
             r.add(
                 if c.policy.is_some() || p.exists() {
@@ -351,10 +355,10 @@ async fn network_checks(
             return;
         }
     };
-    let wants = |f: fn(&crate::options::Identity) -> bool| spec.map(|s| f(&s.identity));
-    let uses_imds = wants(|i| matches!(i, crate::options::Identity::NodeManagedIdentity { .. }));
-    let uses_nmi = wants(|i| matches!(i, crate::options::Identity::PodIdentity { .. }));
-    let uses_aad = wants(|i| matches!(i, crate::options::Identity::ServicePrincipal { .. }));
+    let identity = spec.map(|s| &s.identity);
+    let uses_imds = identity.map(|i| matches!(i, Identity::NodeManagedIdentity { .. }));
+    let uses_nmi = identity.map(|i| matches!(i, Identity::PodIdentity { .. }));
+    let uses_aad = identity.map(|i| matches!(i, Identity::ServicePrincipal { .. }));
     // Not needed by this volume (or no volume given): a missing service is only a warning.
     let severity = |used: Option<bool>| {
         if used == Some(true) {
@@ -364,67 +368,66 @@ async fn network_checks(
         }
     };
 
-    // IMDS: which identities answer.
-    let mut url = format!(
-        "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
-        cloud.vault_resource
-    );
-    let user_id = spec.and_then(|s| match &s.identity {
-        crate::options::Identity::NodeManagedIdentity { client_id } => client_id.clone(),
+    // IMDS: which identity answers, through the same token source a mount uses.
+    let client_id = match identity {
+        Some(Identity::NodeManagedIdentity { client_id }) => client_id.clone(),
         _ => None,
-    });
-    if let Some(id) = &user_id {
-        url.push_str(&format!("&client_id={id}"));
-    }
-    let who = user_id
-        .as_deref()
-        .map(|i| format!("user-assigned identity {i}"))
-        .unwrap_or_else(|| "system-assigned identity".into());
-    match http.get(&url).header("Metadata", "true").timeout(Duration::from_secs(3)).send().await {
-        Ok(resp) if resp.status().is_success() => {
-            let body = crate::http::read_bounded(resp).await.unwrap_or_default();
-            let appid = token_claim(&body, "appid").unwrap_or_else(|| "?".into());
-            r.add(Verdict::Pass, "imds", format!("IMDS gives a token for the {who} (client id {appid})"));
+    };
+    let imds = Provider::new(
+        Source::Imds { client_id },
+        http.clone(),
+        Deadline::after(TOKEN_PROBE),
+    );
+    match imds.token(&cloud.vault_resource).await {
+        Ok(token) => {
+            let appid =
+                token_claim(token.access_token.expose(), "appid").unwrap_or_else(|| "?".into());
+            r.add(
+                Verdict::Pass,
+                "imds",
+                format!(
+                    "IMDS gives a token for {} (client id {appid})",
+                    imds.identity_name()
+                ),
+            );
         }
-        Ok(resp) if resp.status().as_u16() == 400 => r.add(
-            severity(uses_imds),
-            "imds",
-            format!("IMDS has no {who} on this node: assign the identity to the VM/scale set, or fix vmmanagedidentityclientid"),
-        ),
-        Ok(resp) => r.add(severity(uses_imds), "imds", format!("IMDS answered HTTP {}", resp.status().as_u16())),
-        Err(_) => r.add(severity(uses_imds), "imds", "IMDS (169.254.169.254) is not reachable: node managed identity cannot work here (not an Azure VM, or no host network)"),
+        Err(e) => r.add(severity(uses_imds), "imds", e.to_string()),
     }
 
-    // NMI: reachable, and bound to the pod if a pod-identity volume is given.
+    // NMI: listening, and bound to the pod if a pod-identity volume is given.
     let port = args
         .nmi_port
-        .or(match spec.map(|s| &s.identity) {
-            Some(crate::options::Identity::PodIdentity { nmi_port }) => *nmi_port,
+        .or(match identity {
+            Some(Identity::PodIdentity { nmi_port }) => *nmi_port,
             _ => None,
         })
         .unwrap_or(config.nmi_port());
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
-        Ok(Ok(_)) => {
-            if let (Some(true), Some(s)) = (uses_nmi, spec) {
-                let (ns, pod) = (s.pod.namespace.clone().unwrap_or_default(), s.pod.name.clone().unwrap_or_default());
-                let resp = http
-                    .get(format!("http://127.0.0.1:{port}/host/token/?resource={}", cloud.vault_resource))
-                    .header("podns", &ns)
-                    .header("podname", &pod)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match resp.map(|r| r.status().as_u16()) {
-                    Ok(200) => r.add(Verdict::Pass, "nmi", format!("NMI on 127.0.0.1:{port} gives pod {ns}/{pod} a token")),
-                    Ok(404) => r.add(Verdict::Fail, "nmi", format!("NMI has no identity for pod {ns}/{pod}: create an AzureIdentityBinding matching the pod's aadpodidbinding label")),
-                    Ok(s) => r.add(Verdict::Fail, "nmi", format!("NMI answered HTTP {s} for pod {ns}/{pod}: see NMI and MIC logs")),
-                    Err(e) => r.add(Verdict::Fail, "nmi", format!("NMI request failed: {e}")),
-                }
-            } else {
-                r.add(Verdict::Pass, "nmi", format!("NMI listens on 127.0.0.1:{port}"));
+    let listening = matches!(
+        tokio::time::timeout(
+            CONNECT_PROBE,
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    match (listening, uses_nmi, spec) {
+        (false, _, _) => r.add(severity(uses_nmi), "nmi", format!("nothing listens on 127.0.0.1:{port}: pod identity needs aad-pod-identity's NMI on this node (or fix nmiport)")),
+        (true, Some(true), Some(s)) => {
+            let nmi = Provider::new(
+                Source::Nmi {
+                    port,
+                    namespace: s.pod.namespace.clone().unwrap_or_default(),
+                    pod: s.pod.name.clone().unwrap_or_default(),
+                },
+                http.clone(),
+                Deadline::after(TOKEN_PROBE),
+            );
+            match nmi.token(&cloud.vault_resource).await {
+                Ok(_) => r.add(Verdict::Pass, "nmi", format!("NMI on 127.0.0.1:{port} gives a token to {}", nmi.identity_name())),
+                Err(e) => r.add(Verdict::Fail, "nmi", e.to_string()),
             }
         }
-        _ => r.add(severity(uses_nmi), "nmi", format!("nothing listens on 127.0.0.1:{port}: pod identity needs aad-pod-identity's NMI on this node (or fix nmiport)")),
+        (true, _, _) => r.add(Verdict::Pass, "nmi", format!("NMI listens on 127.0.0.1:{port}")),
     }
 
     // AAD and Key Vault: DNS, TLS, clock.
@@ -446,7 +449,7 @@ async fn network_checks(
 
 /// DNS + TCP + TLS to `url`, and the server clock against ours.
 async fn reach(r: &mut Report, http: &reqwest::Client, check: &str, url: &str, on_error: Verdict) {
-    match http.get(url).timeout(Duration::from_secs(5)).send().await {
+    match http.get(url).timeout(REACH_PROBE).send().await {
         Ok(resp) => {
             let skew = resp
                 .headers()
@@ -462,7 +465,7 @@ async fn reach(r: &mut Report, http: &reqwest::Client, check: &str, url: &str, o
                         .abs()
                 });
             match skew {
-                Some(s) if s > 300 => r.add(Verdict::Fail, check, format!("{url} reachable, but the clocks differ by {s}s: tokens will be rejected; fix NTP")),
+                Some(s) if s > MAX_CLOCK_SKEW_SECS => r.add(Verdict::Fail, check, format!("{url} reachable, but the clocks differ by {s}s: tokens will be rejected; fix NTP")),
                 _ => r.add(Verdict::Pass, check, format!("{url} reachable over TLS (HTTP {})", resp.status().as_u16())),
             }
         }
@@ -497,11 +500,10 @@ async fn reach(r: &mut Report, http: &reqwest::Client, check: &str, url: &str, o
     }
 }
 
-/// A claim of the JWT in a token response, read without verifying (for display only).
-fn token_claim(body: &[u8], claim: &str) -> Option<String> {
+/// A claim of a JWT, read without verifying (for display only).
+fn token_claim(jwt: &str, claim: &str) -> Option<String> {
     use base64::Engine;
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let payload = v.get("access_token")?.as_str()?.split('.').nth(1)?;
+    let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
@@ -510,26 +512,23 @@ fn token_claim(body: &[u8], claim: &str) -> Option<String> {
 }
 
 /// A token and `get` on each object: the real fetch, values kept in memory and dropped.
-fn check_objects(r: &mut Report, spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) {
-    if let Err(e) = config.check_policy(
-        spec.pod.namespace.as_deref(),
-        matches!(
-            spec.identity,
-            crate::options::Identity::NodeManagedIdentity { .. }
-        ),
-        &spec.vaults(),
-    ) {
-        r.add(Verdict::Fail, "policy", e.to_string());
-        return;
-    }
+fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
+    // The same policy check and cloud as a mount.
+    let cloud = match pipeline::resolve(spec, config) {
+        Ok(c) => c,
+        Err(e) => {
+            r.add(Verdict::Fail, "policy", e.to_string());
+            return;
+        }
+    };
     for (i, o) in spec.objects.iter().enumerate() {
         let one = VolumeSpec {
             objects: vec![o.clone()],
             ..spec.clone()
         };
-        let deadline = crate::auth::Deadline::after(config.deadline().min(Duration::from_secs(10)));
+        let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
         let check = format!("object {}", i + 1);
-        match crate::mount::fetch(&one, cloud, config, deadline) {
+        match pipeline::fetch(&one, &cloud, config, deadline) {
             Ok(fetched) => {
                 let bytes: usize = fetched
                     .iter()

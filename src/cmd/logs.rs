@@ -19,7 +19,7 @@ pub fn run(args: LogsArgs) -> (String, u8) {
     let config = NodeConfig::load_beside_binary().unwrap_or_default();
     let path = args
         .file
-        .unwrap_or_else(|| config.log_path(std::env::var_os("KV_LOG_FILE").map(PathBuf::from)));
+        .unwrap_or_else(|| config.log_path(crate::env::get().log_file.clone()));
     let mut rotated = path.clone().into_os_string();
     rotated.push(".1");
     let mut lines = Vec::new();

@@ -1,0 +1,229 @@
+//! The data path of one volume, shared by `kv mount`, `kv fetch` and `kv doctor`:
+//!
+//! ```text
+//! resolve (policy, cloud; no I/O) → fetch (token + objects, in memory) → layout (paths, modes,
+//! ownership, tmpfs size) → write (a tmpfs at the mount dir, or a plain directory)
+//! ```
+//!
+//! Nothing touches the node until every object is fetched and rendered, so a vault error leaves
+//! nothing behind. Each step is a function the front-ends (`crate::cmd`) call in order; the
+//! dry-run [`plan`] is computed from the same [`crate::options::ObjectSpec::file_path`] as the
+//! files a mount writes.
+
+pub mod write;
+
+use crate::auth::{Deadline, Provider, Source};
+use crate::cloud::Cloud;
+use crate::config::NodeConfig;
+use crate::error::{Code, Error, Result};
+use crate::keyvault::{FetchedObject, Fetcher};
+use crate::options::{ObjectSpec, VolumeSpec};
+use crate::volume::{self, Layout, VolumeFile};
+use serde_json::json;
+
+/// Default mode of files when the pod has an fsGroup: owner root, readable by the group only.
+pub const MODE_WITH_FSGROUP: u32 = 0o440;
+/// Default mode of files without an fsGroup: the app may run as any user.
+pub const MODE_WITHOUT_FSGROUP: u32 = 0o444;
+
+/// Step 1: the cloud of the volume, after the node policy allowed the request. No I/O.
+pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
+    if !spec.unknown_keys.is_empty() {
+        crate::log::warn("unknown_options", json!({"keys": spec.unknown_keys}));
+    }
+    let cloud = config.cloud(spec.cloud.as_deref())?;
+    let uses_node_identity = matches!(
+        spec.identity,
+        crate::options::Identity::NodeManagedIdentity { .. }
+    );
+    config.check_policy(
+        spec.pod.namespace.as_deref(),
+        uses_node_identity,
+        &spec.vaults(),
+    )?;
+    Ok(cloud)
+}
+
+/// Step 2: fetches and renders every object of `spec` into memory.
+pub fn fetch(
+    spec: &VolumeSpec,
+    cloud: &Cloud,
+    config: &NodeConfig,
+    deadline: Deadline,
+) -> Result<Vec<FetchedObject>> {
+    block_on(async {
+        let http = crate::http::client()?;
+        let provider = Provider::new(token_source(spec, cloud, config), http.clone(), deadline);
+        // Start the token at once: it overlaps the vault's 401 challenge.
+        let prefetch = {
+            let provider = provider.clone();
+            let resource = cloud.vault_resource.clone();
+            tokio::spawn(async move {
+                let _ = provider.token(&resource).await;
+            })
+        };
+        // Let the token request go out before the object requests are set up.
+        tokio::task::yield_now().await;
+        let fetcher = Fetcher {
+            http,
+            provider,
+            cloud: cloud.clone(),
+            deadline,
+        };
+        let result = fetcher.fetch_all(&spec.objects).await;
+        prefetch.abort();
+        result
+    })
+}
+
+/// Where the volume's tokens come from.
+pub fn token_source(spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) -> Source {
+    Source::for_identity(
+        &spec.identity,
+        &spec.pod,
+        spec.tenant.as_deref(),
+        &cloud.authority_host,
+        config.nmi_port(),
+    )
+}
+
+/// Runs a future on a current-thread runtime: one kv call is one short-lived process.
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(Code::Internal, format!("async runtime: {e}")))?
+        .block_on(f)
+}
+
+/// The mode of a file with no explicit permission: `filepermission`, else by fsGroup.
+pub fn default_mode(spec: &VolumeSpec) -> u32 {
+    spec.file_permission.unwrap_or(if spec.fs_group.is_some() {
+        MODE_WITH_FSGROUP
+    } else {
+        MODE_WITHOUT_FSGROUP
+    })
+}
+
+/// The mode of one object's files.
+pub fn mode_of(spec: &VolumeSpec, object: &ObjectSpec) -> u32 {
+    object.permission.unwrap_or_else(|| default_mode(spec))
+}
+
+/// Step 3: paths, modes, ownership and the tmpfs size of the fetched files.
+pub fn layout(
+    spec: &VolumeSpec,
+    fetched: Vec<FetchedObject>,
+    config: &NodeConfig,
+) -> Result<Layout> {
+    let mut files = Vec::new();
+    for object in fetched {
+        let mode = mode_of(spec, &spec.objects[object.index]);
+        for (path, rendered) in object.files {
+            files.push(VolumeFile {
+                path,
+                bytes: rendered.bytes,
+                mode,
+            });
+        }
+    }
+    let size = tmpfs_size(
+        spec.tmpfs_size,
+        volume::needed_bytes(&files),
+        config.tmpfs_max_bytes(),
+    )?;
+    Ok(Layout {
+        files,
+        // The directory needs x for traversal; with an fsGroup only that group gets in.
+        dir_mode: if spec.fs_group.is_some() {
+            0o550
+        } else {
+            0o555
+        },
+        gid: spec.fs_group,
+        size,
+    })
+}
+
+/// The tmpfs `size=`: what the pod asked for, else what the files need plus
+/// [`volume::HEADROOM`] for the runtime's metadata. Only the files' need is required: the
+/// headroom is cut to the node's cap rather than failing a small volume on a small cap.
+fn tmpfs_size(asked: Option<u64>, needed: u64, cap: u64) -> Result<u64> {
+    match asked {
+        Some(asked) if asked > cap => Err(Error::options(format!(
+            "tmpfssize {asked} is above this node's cap of {cap} bytes (node config tmpfsMaxBytes)"
+        ))),
+        Some(asked) if asked < needed => Err(Error::options(format!(
+            "tmpfssize {asked} is too small: the objects need {needed} bytes"
+        ))),
+        Some(asked) => Ok(asked),
+        None if needed > cap => Err(Error::new(
+            Code::Mount,
+            format!("the objects need {needed} bytes of tmpfs, above this node's cap of {cap} (node config tmpfsMaxBytes)"),
+        )),
+        None => Ok((needed + volume::HEADROOM).min(cap)),
+    }
+}
+
+/// One object as a dry run shows it: where it is fetched from and the files it becomes.
+pub struct PlannedObject<'a> {
+    /// The object.
+    pub object: &'a ObjectSpec,
+    /// The Key Vault URL of the object (latest or the pinned version).
+    pub url: String,
+    /// Every file it may write, volume-relative.
+    pub files: Vec<String>,
+    /// Their mode.
+    pub mode: u32,
+}
+
+/// What [`fetch`] and [`layout`] will do for `spec`, without any request.
+pub fn plan<'a>(spec: &'a VolumeSpec, cloud: &Cloud) -> Vec<PlannedObject<'a>> {
+    spec.objects
+        .iter()
+        .map(|o| PlannedObject {
+            object: o,
+            url: format!(
+                "{}{}/{}{}",
+                cloud.vault_url(&o.vault),
+                crate::keyvault::plural(o.kind),
+                o.name,
+                o.version
+                    .as_ref()
+                    .map(|v| format!("/{v}"))
+                    .unwrap_or_default()
+            ),
+            files: o.file_paths(),
+            mode: mode_of(spec, o),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_volumes_fit_a_small_cap() {
+        // One page of data on a node capped at 64 KiB: the headroom shrinks, the mount works.
+        assert_eq!(tmpfs_size(None, 4096, 65536).unwrap(), 65536);
+        assert_eq!(
+            tmpfs_size(None, 4096, 1 << 20).unwrap(),
+            4096 + volume::HEADROOM
+        );
+        assert_eq!(tmpfs_size(None, 65536, 65536).unwrap(), 65536);
+        assert_eq!(
+            tmpfs_size(None, 65537, 65536).unwrap_err().code(),
+            Code::Mount
+        );
+        assert_eq!(tmpfs_size(Some(8192), 4096, 65536).unwrap(), 8192);
+        assert_eq!(
+            tmpfs_size(Some(4095), 4096, 65536).unwrap_err().code(),
+            Code::Options
+        );
+        assert_eq!(
+            tmpfs_size(Some(65537), 4096, 65536).unwrap_err().code(),
+            Code::Options
+        );
+    }
+}
