@@ -225,6 +225,18 @@ fn run_case((case, node, secret): (Case, Node, String)) -> Result<String, String
             if !words.iter().any(|w| lower.contains(&w.to_lowercase())) {
                 problems.push(format!("message names none of {words:?}: {msg}"));
             }
+            // Token services' bodies never reach a Failure (hardening item 3): the emulator's
+            // fault bodies carry these texts.
+            for body_text in [
+                "fault injected",
+                "Failed to retrieve",
+                "A transient error has occurred",
+                "Trace ID",
+            ] {
+                if msg.contains(body_text) {
+                    problems.push(format!("a service's body ({body_text:?}) in: {msg}"));
+                }
+            }
             let limit = Duration::from_secs(case.deadline_s.unwrap_or(60)) + SLACK;
             if elapsed >= limit {
                 problems.push(format!("took {elapsed:?}, limit {limit:?}"));
@@ -403,29 +415,63 @@ fn matrix(endpoint: &str, mode: Mode, permanent: fn(&str) -> Expect) -> Vec<Case
     cases
 }
 
+/// A permanent answer that is not retried: the Failure says the status, not the body.
+fn refused(endpoint: &str, mode: Mode, status: u16, expect: Expect) -> Case {
+    Case {
+        name: format!("{endpoint} {status}"),
+        mode,
+        faults: json!([fault(
+            endpoint,
+            &json!({"action": "status", "status": status}),
+            FOREVER
+        )]),
+        edit: None,
+        deadline_s: Some(DEADLINE_S),
+        expect: Some(expect),
+        ca_override: None,
+        answered: None,
+    }
+}
+
 #[test]
 fn imds_faults() {
-    run_all(matrix("imds", Mode::Node, |kind| match kind {
+    let mut cases = matrix("imds", Mode::Node, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["IMDS"]),
         _ => (&["KV_IMDS"], &["IMDS"]),
-    }));
+    });
+    cases.push(refused(
+        "imds",
+        Mode::Node,
+        403,
+        (&["KV_IMDS"], &["HTTP 403"]),
+    ));
+    run_all(cases);
 }
 
 #[test]
 fn nmi_faults() {
-    run_all(matrix("nmi", Mode::Pod, |kind| match kind {
+    let mut cases = matrix("nmi", Mode::Pod, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["NMI"]),
         _ => (&["KV_NMI"], &["NMI"]),
-    }));
+    });
+    cases.push(refused("nmi", Mode::Pod, 400, (&["KV_NMI"], &["HTTP 400"])));
+    run_all(cases);
 }
 
 #[test]
 fn aad_faults() {
-    run_all(matrix("aad", Mode::Sp, |kind| match kind {
+    let mut cases = matrix("aad", Mode::Sp, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["AAD"]),
         "close" => (&["KV_NETWORK", "KV_AAD"], &["AAD"]),
         _ => (&["KV_AAD"], &["AAD"]),
-    }));
+    });
+    cases.push(refused(
+        "aad",
+        Mode::Sp,
+        400,
+        (&["KV_AAD"], &["AADSTS90033"]),
+    ));
+    run_all(cases);
 }
 
 #[test]
