@@ -463,46 +463,36 @@ impl Fetcher {
         clients: &VaultClients,
         version: Option<&str>,
     ) -> Result<Raw> {
+        // The three clients have the same call with different option and model types.
+        macro_rules! get {
+            ($client:ident . $method:ident, $options:ident { $version:ident }, $raw:ident) => {{
+                let resp = clients
+                    .$client
+                    .$method(
+                        &o.name,
+                        Some($options {
+                            $version: version.map(str::to_string),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                self.model(o, version, resp).map(Raw::$raw)
+            }};
+        }
         match o.kind {
-            ObjectKind::Secret => {
-                let resp = clients
-                    .secrets
-                    .get_secret(
-                        &o.name,
-                        Some(SecretClientGetSecretOptions {
-                            secret_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                self.model(o, version, resp).map(Raw::Secret)
-            }
-            ObjectKind::Key => {
-                let resp = clients
-                    .keys
-                    .get_key(
-                        &o.name,
-                        Some(KeyClientGetKeyOptions {
-                            key_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                self.model(o, version, resp).map(Raw::Key)
-            }
-            ObjectKind::Cert => {
-                let resp = clients
-                    .certs
-                    .get_certificate(
-                        &o.name,
-                        Some(CertificateClientGetCertificateOptions {
-                            certificate_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                self.model(o, version, resp).map(Raw::Cert)
-            }
+            ObjectKind::Secret => get!(
+                secrets.get_secret,
+                SecretClientGetSecretOptions { secret_version },
+                Secret
+            ),
+            ObjectKind::Key => get!(keys.get_key, KeyClientGetKeyOptions { key_version }, Key),
+            ObjectKind::Cert => get!(
+                certs.get_certificate,
+                CertificateClientGetCertificateOptions {
+                    certificate_version
+                },
+                Cert
+            ),
         }
     }
 
