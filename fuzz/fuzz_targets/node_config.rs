@@ -8,6 +8,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = c.deadline();
         let _ = c.tmpfs_max_bytes();
         let _ = c.log_path(None);
-        let _ = c.check_policy(Some("ns"), true, &["kvdemo"]);
+        let _ = c.max_files_per_volume();
+        use keyvault_flexvolume::options::Identity;
+        for identity in [
+            Identity::NodeManagedIdentity { client_id: None },
+            Identity::NodeManagedIdentity { client_id: Some("abc".into()) },
+            Identity::PodIdentity { nmi_port: Some(2580) },
+        ] {
+            let _ = c.check_policy(Some("ns"), &identity, &["kvdemo"]);
+        }
     }
 });

@@ -1,8 +1,9 @@
 //! A service principal's client-credentials grant against AAD (v2 endpoint, `scope`).
 
-use super::retry::{self, Attempt, Backoff, Deadline};
-use super::{network_error, parse_token, Token};
+use super::request::{self, Answer, Endpoint};
+use super::Token;
 use crate::error::{Code, Error, Result};
+use crate::retry::{Backoff, Deadline};
 use crate::secret::Secret;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -37,59 +38,39 @@ pub async fn fetch(
     );
     let host = authority
         .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string();
-    retry::run("AAD", deadline, BACKOFF, |timeout| {
-        let req = http
-            .post(&url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body.as_bytes().to_vec())
-            .timeout(timeout);
-        let host = host.clone();
-        async move {
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Attempt::Retry {
-                        after: None,
-                        error: network_error(&format!("cannot reach AAD at {host}"), &e),
-                    }
-                }
-            };
-            let status = resp.status().as_u16();
-            let after = retry::retry_after(resp.headers());
-            let Some(body) = crate::http::read_bounded(resp).await else {
-                return Attempt::Done(Err(Error::new(
-                    Code::Network,
-                    "AAD answered with a body over 1 MiB",
-                )));
-            };
-            match status {
-                200 => Attempt::Done(
-                    serde_json::from_slice(&body)
-                        .ok()
-                        .as_ref()
-                        .and_then(parse_token)
-                        .ok_or_else(|| {
-                            Error::new(Code::Aad, "AAD's answer is not a token response")
-                        }),
-                ),
-                429 | 500..=599 => Attempt::Retry {
-                    after,
-                    error: Error::new(Code::Aad, format!("AAD answered HTTP {status} (transient)")),
-                },
-                _ => Attempt::Done(Err(explain(status, &body, tenant, client_id))),
-            }
-        }
-    })
+        .trim_end_matches('/');
+    let endpoint = Endpoint {
+        service: "AAD",
+        address: host,
+        unreachable: None,
+        backoff: BACKOFF,
+    };
+    request::request(
+        &endpoint,
+        deadline,
+        |timeout| {
+            http.post(&url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body.as_bytes().to_vec())
+                .timeout(timeout)
+        },
+        |status, body| match status {
+            200 => Answer::Done(request::token_body("AAD", Code::Aad, body)),
+            429 | 500..=599 => Answer::Retry(Error::new(
+                Code::Aad,
+                format!("AAD answered HTTP {status} (transient)"),
+            )),
+            _ => Answer::Done(Err(explain(status, body, tenant, client_id))),
+        },
+    )
     .await
 }
 
-/// Maps AAD's error codes to what the user must change. Descriptions are not echoed whole:
-/// they carry trace ids and can be long; the AADSTS code is what support asks for.
+/// Maps AAD's error codes to what the user must change. Descriptions are never echoed (they
+/// carry trace ids and text kv does not control); the AADSTS numbers are what support asks for.
 fn explain(status: u16, body: &[u8], tenant: &str, client_id: &str) -> Error {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+    let error = request::known_oauth_error(body).unwrap_or("");
     let codes: Vec<i64> = v
         .get("error_codes")
         .and_then(|c| c.as_array())
@@ -128,7 +109,7 @@ fn explain(status: u16, body: &[u8], tenant: &str, client_id: &str) -> Error {
     }
     Error::new(
         Code::Aad,
-        format!("AAD refused a token for service principal {client_id} in tenant {tenant}: HTTP {status} {} ({aadsts})", crate::error::printable(error)),
+        format!("AAD refused a token for service principal {client_id} in tenant {tenant}: HTTP {status}{}{error} ({aadsts})", if error.is_empty() { "" } else { " " }),
     )
 }
 
@@ -163,5 +144,14 @@ mod tests {
         assert!(e.message().contains("no tenant t"));
         let e = explain(400, b"garbage", "t", "c");
         assert_eq!(e.code(), Code::Aad);
+        let e = explain(
+            400,
+            br#"{"error":"made_up<by a hostile service>","error_description":"AADSTS1: trace 42","error_codes":[50000]}"#,
+            "t",
+            "c",
+        );
+        assert!(!e.message().contains("hostile"), "{e}");
+        assert!(!e.message().contains("trace 42"), "{e}");
+        assert!(e.message().contains("HTTP 400 (AADSTS50000)"), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 mod aad;
 mod imds;
 mod nmi;
-mod retry;
+mod request;
 
 use crate::error::{Error, Result};
 use crate::options::Identity;
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::OnceCell;
 
-pub use retry::{jitter, Deadline, OUTER_GRACE, RETRY_MARGIN};
+pub use crate::retry::{Deadline, OUTER_GRACE};
 
 /// An access token and when it expires.
 #[derive(Clone)]
@@ -308,36 +308,6 @@ pub fn parse_token(body: &serde_json::Value) -> Option<Token> {
         access_token: Secret::new(access),
         expires_on,
     })
-}
-
-/// Turns an unusable error into one line without response bodies or secrets.
-pub(crate) fn network_error(what: &str, e: &reqwest::Error) -> Error {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    // A request that used up the call's remaining time is a stall: the deadline's code.
-    let code = if e.is_timeout() {
-        crate::error::Code::Timeout
-    } else {
-        crate::error::Code::Network
-    };
-    Error::new(
-        code,
-        format!(
-            "{what}: {kind}{}{cause}",
-            if cause.is_empty() { "" } else { ": " }
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
 
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
-    if volume::is_mount_point(dir)? {
+    if volume::already_mounted(dir)? {
         // kubelet normally checks this itself; a repeated call must not refetch.
         crate::log::info("already_mounted", json!({}));
         return Ok(());

@@ -80,8 +80,15 @@ impl Node {
         Node::with(scenario(), json!({}))
     }
 
-    /// A node with this scenario and this `kv.json` (`null` = no file).
+    /// A node with this scenario and this `kv.json` (`null` = no file); a config without a
+    /// `policy` lets the harness's pods (namespace `demo`) use any node identity, as most
+    /// tests need (kv refuses node identities when no policy names them).
     pub fn with(scenario: Value, config: Value) -> Node {
+        Node::with_exact(scenario, trusting_demo(config))
+    }
+
+    /// A node with exactly this `kv.json` (`null` = no file).
+    pub fn with_exact(scenario: Value, config: Value) -> Node {
         let ns = Namespace::start(emulator_binary().expect("emulator binary"), scenario)
             .unwrap_or_else(|e| panic!("emulator namespace: {e}"));
         let root = std::env::temp_dir().join(format!(
@@ -108,8 +115,14 @@ impl Node {
         Node { ns, root, kv, log }
     }
 
-    /// Rewrites the node config.
+    /// Rewrites the node config (a config without `policy` trusts namespace `demo`, see
+    /// [`Node::with`]).
     pub fn set_config(&self, config: Value) {
+        self.set_config_exact(trusting_demo(config))
+    }
+
+    /// Rewrites the node config exactly.
+    pub fn set_config_exact(&self, config: Value) {
         std::fs::write(
             self.kv.parent().unwrap().join("kv.json"),
             config.to_string(),
@@ -130,16 +143,28 @@ impl Node {
     }
 
     /// Runs kv with these args inside the namespace, as kubelet does (no stdin, env inherited).
+    ///
+    /// Another test thread copying its own kv binary while this one forks can leave that
+    /// copy's write descriptor open in a child for an instant; exec of *that* copy then fails
+    /// with ETXTBSY before kv runs (nothing happened), so the call is repeated.
     pub fn kv<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Call {
-        let out: Output = self
-            .ns
-            .command(&self.kv)
-            .args(args)
-            .env("KV_LOG_FILE", &self.log)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run kv");
-        call(out)
+        let mut attempts = 0;
+        loop {
+            let out: Output = self
+                .ns
+                .command(&self.kv)
+                .args(args)
+                .env("KV_LOG_FILE", &self.log)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run kv");
+            attempts += 1;
+            let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
+            if !busy || attempts == 5 {
+                return call(out);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// `kv mount <dir> <options>` with kubelet's own keys added.
@@ -206,6 +231,35 @@ impl Node {
         std::fs::read(self.ns.host_path(dir.join(name))).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    /// Mounts a plain tmpfs with this source at `dir` in the namespace (not kv's volume).
+    pub fn mount_foreign_tmpfs(&self, dir: &Path, source: &str) {
+        let out = self
+            .ns
+            .command("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", source])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Key Vault requests answered 200 whose path satisfies `path`, from the request log.
+    pub fn vault_gets(&self, path: impl Fn(&str) -> bool) -> usize {
+        self.ns
+            .request_log()
+            .iter()
+            .filter(|r| {
+                r["endpoint"] == "keyvault"
+                    && r["status"] == 200
+                    && r["path"].as_str().is_some_and(&path)
+            })
+            .count()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -235,6 +289,16 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// `config` plus, when it has no `policy`, one that lets namespace `demo` use every node
+/// identity.
+pub fn trusting_demo(mut config: Value) -> Value {
+    if let Some(m) = config.as_object_mut() {
+        m.entry("policy")
+            .or_insert(json!({"nodeIdentities": {"demo": ["*"]}}));
+    }
+    config
 }
 
 /// Parses kv's output as kubelet does: stdout+stderr combined must be exactly one JSON object.
