@@ -8,7 +8,7 @@
 //! mount: silently falling back to defaults would drop the operator's policy.
 
 use crate::error::{Code, Error, Result};
-use crate::options::Identity;
+use crate::options::{Identity, ManagedIdentity};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,10 @@ pub struct Policy {
     pub vaults_by_namespace: Option<BTreeMap<String, Vec<String>>>,
     /// NMI ports a pod's `nmiport` may name besides the node's `nmiPort`.
     pub nmi_ports: Option<Vec<u16>>,
+    /// Namespace (or `"*"`) → the client ids its pods may name with workload identity (or
+    /// `"*"`). Absent: any (workload identity is the pod's own identity; AAD's federated
+    /// credential decides).
+    pub workload_identities: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// The `kv.json` key that allows node identities, named in refusals.
@@ -248,8 +252,9 @@ impl NodeConfig {
         let ns = namespace.unwrap_or("");
         let policy = self.policy.clone().unwrap_or_default();
         match identity {
-            Identity::NodeManagedIdentity { client_id } => {
-                self.check_node_identity(&policy, ns, client_id.as_deref())?
+            Identity::NodeManagedIdentity { id } => self.check_node_identity(&policy, ns, id)?,
+            Identity::WorkloadIdentity { client_id, .. } => {
+                check_workload_identity(&policy, ns, client_id)?
             }
             Identity::PodIdentity {
                 nmi_port: Some(port),
@@ -276,12 +281,7 @@ impl NodeConfig {
 
     /// A node identity is a credential of the node shared by every pod on it: only the
     /// identities the operator listed for the namespace may be used.
-    fn check_node_identity(
-        &self,
-        policy: &Policy,
-        ns: &str,
-        client_id: Option<&str>,
-    ) -> Result<()> {
+    fn check_node_identity(&self, policy: &Policy, ns: &str, id: &ManagedIdentity) -> Result<()> {
         let any_ns = policy
             .node_identity_namespaces
             .as_ref()
@@ -304,20 +304,23 @@ impl NodeConfig {
             .flat_map(|m| [m.get(ns), m.get("*")])
             .flatten()
             .flatten();
-        let allowed = listed
-            .into_iter()
-            .any(|entry| match (entry.as_str(), client_id) {
-                ("*", _) => true,
-                ("system", None) => true,
-                (id, Some(cid)) => id.eq_ignore_ascii_case(cid),
-                _ => false,
-            });
+        let allowed = listed.into_iter().any(|entry| match (entry.as_str(), id) {
+            ("*", _) => true,
+            ("system", ManagedIdentity::System) => true,
+            // Client ids are GUIDs and resource ids are case-insensitive in Azure.
+            (e, ManagedIdentity::ClientId(x) | ManagedIdentity::ResourceId(x)) => {
+                e.eq_ignore_ascii_case(x)
+            }
+            _ => false,
+        });
         if allowed {
             return Ok(());
         }
-        let identity = match client_id {
-            Some(id) => format!("the user-assigned identity {id}"),
-            None => "the system-assigned identity".to_string(),
+        let identity = match id {
+            ManagedIdentity::ClientId(id) | ManagedIdentity::ResourceId(id) => {
+                format!("user-assigned identity {id}")
+            }
+            ManagedIdentity::System => "system-assigned identity".to_string(),
         };
         Err(Error::new(
             Code::Policy,
@@ -326,7 +329,31 @@ impl NodeConfig {
             ),
         ))
     }
+}
 
+/// With `policy.workloadIdentities` set, a namespace may name only the client ids listed for it
+/// (or for `"*"`).
+fn check_workload_identity(policy: &Policy, ns: &str, client_id: &str) -> Result<()> {
+    let Some(map) = &policy.workload_identities else {
+        return Ok(());
+    };
+    let allowed = [map.get(ns), map.get("*")]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e == "*" || e.eq_ignore_ascii_case(client_id));
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::new(
+        Code::Policy,
+        format!(
+            "namespace \"{ns}\" may not use workload identity {client_id} (node policy policy.workloadIdentities in kv.json); ask the cluster operator"
+        ),
+    ))
+}
+
+impl NodeConfig {
     /// `nmiport` makes kv send the pod's name to a loopback port of its choosing: only NMI's
     /// configured port and the ones the operator listed may be named.
     fn check_nmi_port(&self, policy: &Policy, port: u16) -> Result<()> {
@@ -397,8 +424,51 @@ mod tests {
 
     fn node(client_id: Option<&str>) -> Identity {
         Identity::NodeManagedIdentity {
-            client_id: client_id.map(str::to_string),
+            id: match client_id {
+                Some(id) if id.starts_with('/') => ManagedIdentity::ResourceId(id.to_string()),
+                Some(id) => ManagedIdentity::ClientId(id.to_string()),
+                None => ManagedIdentity::System,
+            },
         }
+    }
+
+    #[test]
+    fn workload_identities_are_free_unless_listed() {
+        let wi = |id: &str| Identity::WorkloadIdentity {
+            client_id: id.into(),
+            token: crate::options::TokenPath {
+                volume: "v".into(),
+                file: "f".into(),
+            },
+        };
+        assert!(NodeConfig::default()
+            .check_policy(Some("web"), &wi("a"), &["kv"])
+            .is_ok());
+        let c =
+            NodeConfig::parse(r#"{"policy":{"workloadIdentities":{"web":["A"],"*":["shared"]}}}"#)
+                .unwrap();
+        assert!(c.check_policy(Some("web"), &wi("a"), &["kv"]).is_ok());
+        assert!(c.check_policy(Some("ops"), &wi("shared"), &["kv"]).is_ok());
+        let e = c.check_policy(Some("ops"), &wi("a"), &["kv"]).unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("policy.workloadIdentities"), "{e}");
+    }
+
+    #[test]
+    fn node_identities_by_resource_id() {
+        let rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app";
+        let c = NodeConfig::parse(&format!(
+            r#"{{"policy":{{"nodeIdentities":{{"web":["{}"]}}}}}}"#,
+            rid.to_ascii_lowercase()
+        ))
+        .unwrap();
+        assert!(c
+            .check_policy(Some("web"), &node(Some(rid)), &["kv"])
+            .is_ok());
+        assert!(c.check_policy(Some("web"), &node(None), &["kv"]).is_err());
+        assert!(c
+            .check_policy(Some("ops"), &node(Some(rid)), &["kv"])
+            .is_err());
     }
 
     const POD: Identity = Identity::PodIdentity { nmi_port: None };

@@ -6,6 +6,7 @@
 use super::request::{self, Answer, Endpoint};
 use super::Token;
 use crate::error::{Code, Error, Result};
+use crate::options::ManagedIdentity;
 use crate::retry::{Backoff, Deadline};
 use std::time::Duration;
 
@@ -23,10 +24,11 @@ const ENDPOINT: Endpoint<'static> = Endpoint {
     },
 };
 
-/// Fetches a token for the system-assigned identity or the user-assigned `client_id`.
+/// Fetches a token for the system-assigned identity or a user-assigned one (by client id or
+/// by resource id, IMDS's `msi_res_id`).
 pub async fn fetch(
     http: &reqwest::Client,
-    client_id: Option<&str>,
+    id: &ManagedIdentity,
     resource: &str,
     deadline: &Deadline,
 ) -> Result<Token> {
@@ -35,12 +37,16 @@ pub async fn fetch(
     url.query_pairs_mut()
         .append_pair("api-version", "2018-02-01")
         .append_pair("resource", resource);
-    if let Some(id) = client_id {
-        url.query_pairs_mut().append_pair("client_id", id);
-    }
-    let identity = match client_id {
-        Some(id) => format!("user-assigned identity {id}"),
-        None => "the system-assigned identity".to_string(),
+    let identity = match id {
+        ManagedIdentity::ClientId(id) => {
+            url.query_pairs_mut().append_pair("client_id", id);
+            format!("user-assigned identity {id}")
+        }
+        ManagedIdentity::ResourceId(id) => {
+            url.query_pairs_mut().append_pair("msi_res_id", id);
+            format!("user-assigned identity {id}")
+        }
+        ManagedIdentity::System => "the system-assigned identity".to_string(),
     };
     request::request(
         &ENDPOINT,
@@ -61,7 +67,7 @@ fn classify(status: u16, body: &[u8], identity: &str) -> Answer<Token> {
         400 => Answer::Done(Err(Error::new(
             Code::ImdsNoIdentity,
             format!(
-                "IMDS has no {identity} on this node (HTTP 400{}): assign the identity to the node's VM or scale set, or fix vmmanagedidentityclientid",
+                "IMDS has no {identity} on this node (HTTP 400{}): assign the identity to the node's VM or scale set, or fix vmmanagedidentityclientid / vmmanagedidentityresourceid",
                 request::known_oauth_error(body)
                     .map(|e| format!(", {e}"))
                     .unwrap_or_default()

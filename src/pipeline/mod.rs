@@ -48,7 +48,7 @@ pub fn fetch(
 ) -> Result<Vec<FetchedObject>> {
     block_on(async {
         let http = crate::http::client()?;
-        let provider = Provider::new(token_source(spec, cloud, config), http.clone(), deadline);
+        let provider = Provider::new(token_source(spec, cloud, config)?, http.clone(), deadline);
         // Start the token at once: it overlaps the vault's 401 challenge.
         let prefetch = {
             let provider = provider.clone();
@@ -76,14 +76,8 @@ pub fn fetch(
 }
 
 /// Where the volume's tokens come from.
-pub fn token_source(spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) -> Source {
-    Source::for_identity(
-        &spec.identity,
-        &spec.pod,
-        spec.tenant.as_deref(),
-        &cloud.authority_host,
-        config.nmi_port(),
-    )
+pub fn token_source(spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) -> Result<Source> {
+    Source::for_volume(spec, &cloud.authority_host, config.nmi_port())
 }
 
 /// Runs a future on a current-thread runtime: one kv call is one short-lived process.
