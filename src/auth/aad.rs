@@ -158,7 +158,7 @@ fn explain(status: u16, body: &[u8], who: &Who<'_>) -> Error {
         .collect::<Vec<_>>()
         .join(",");
     // Workload identity: AAD found no federated credential for what kv presented.
-    if has(70021) || has(700211) || has(700212) || has(700213) {
+    if has(70021) || has(700211) || has(700212) || has(700213) || has(7002138) {
         let (issuer, subject) = who
             .presented
             .map(|c| (c.issuer.as_str(), c.subject.as_str()))
@@ -170,6 +170,17 @@ fn explain(status: u16, body: &[u8], who: &Who<'_>) -> Error {
                 crate::error::printable(issuer),
                 crate::error::printable(subject),
                 crate::options::TOKEN_EXCHANGE_AUDIENCE
+            ),
+        );
+    }
+    // Workload identity: AAD cannot check the token against the issuer's published keys.
+    if has(50166) || has(7000272) || has(5002730) {
+        let issuer = who.presented.map(|c| c.issuer.as_str()).unwrap_or("?");
+        return Error::new(
+            Code::AadFederation,
+            format!(
+                "AAD cannot verify the service-account token of {client_id} against the keys of issuer {} ({aadsts}): the cluster's service-account issuer must publish its OIDC discovery document and keys where AAD can fetch them",
+                crate::error::printable(issuer)
             ),
         );
     }
@@ -268,5 +279,39 @@ mod tests {
         assert!(!e.message().contains("hostile"), "{e}");
         assert!(!e.message().contains("trace 42"), "{e}");
         assert!(e.message().contains("HTTP 400 (AADSTS50000)"), "{e}");
+    }
+
+    #[test]
+    fn federation_errors_name_what_kv_presented() {
+        let claims = Claims {
+            issuer: "https://issuer.example".into(),
+            subject: "system:serviceaccount:app:web".into(),
+            audiences: vec!["api://AzureADTokenExchange".into()],
+            expires: 0,
+            not_before: None,
+        };
+        let federated = AadCredential::Federated {
+            token: TokenFile::File("/t".into()),
+            subject: None,
+        };
+        let wi = Who {
+            tenant: "t",
+            client_id: "c",
+            credential: &federated,
+            presented: Some(&claims),
+        };
+        for code in [70021, 700211, 700212, 700213, 7002138] {
+            let body = format!(r#"{{"error":"invalid_client","error_codes":[{code}]}}"#);
+            let e = explain(401, body.as_bytes(), &wi);
+            assert_eq!(e.code(), Code::AadFederation, "{code}");
+            assert!(e.message().contains("https://issuer.example"), "{e}");
+            assert!(e.message().contains("system:serviceaccount:app:web"), "{e}");
+        }
+        let e = explain(401, br#"{"error_codes":[700024]}"#, &wi);
+        assert_eq!(e.code(), Code::SaToken);
+        let e = explain(401, br#"{"error_codes":[50166]}"#, &wi);
+        assert_eq!(e.code(), Code::AadFederation);
+        let e = explain(401, br#"{"error_codes":[700027]}"#, &who());
+        assert_eq!(e.code(), Code::AadClient);
     }
 }

@@ -410,3 +410,51 @@ pub fn other_ca(dir: &Path) -> PathBuf {
     );
     crt
 }
+
+/// The example scenario's workload-identity issuer (its public key is trusted there).
+pub const ISSUER: &str = "https://oidc.kv-emulator.test/cluster";
+
+pub fn material(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("emulator/scenarios/material")
+        .join(name)
+}
+
+pub fn issuer() -> kv_emulator::issuer::TestIssuer {
+    kv_emulator::issuer::TestIssuer::from_pem(
+        ISSUER,
+        &std::fs::read_to_string(material("issuer-key.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The pod's uid, from a kubelet-style mount dir `<root>/pods/<uid>/volumes/azure~kv/<name>`.
+pub fn pod_uid(dir: &Path) -> String {
+    dir.ancestors()
+        .nth(3)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string()
+}
+
+/// Writes `token` into the pod's projected volume the way kubelet's AtomicWriter does:
+/// `..<timestamp>/<file>`, `..data` → that dir, `<file>` → `..data/<file>`.
+pub fn project(dir: &Path, volume: &str, file: &str, token: &str) -> PathBuf {
+    let vol = dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("kubernetes.io~projected")
+        .join(volume);
+    let stamp = "..2026_11_30_10_00_00.123456789";
+    std::fs::create_dir_all(vol.join(stamp)).unwrap();
+    std::fs::write(vol.join(stamp).join(file), token).unwrap();
+    let _ = std::fs::remove_file(vol.join("..data"));
+    std::os::unix::fs::symlink(stamp, vol.join("..data")).unwrap();
+    let _ = std::fs::remove_file(vol.join(file));
+    std::os::unix::fs::symlink(format!("..data/{file}"), vol.join(file)).unwrap();
+    vol
+}
