@@ -316,8 +316,8 @@ impl NodeConfig {
             return Ok(());
         }
         let identity = match client_id {
-            Some(id) => format!("the user-assigned identity {id}"),
-            None => "the system-assigned identity".to_string(),
+            Some(id) => format!("user-assigned identity {id}"),
+            None => "system-assigned identity".to_string(),
         };
         Err(Error::new(
             Code::Policy,

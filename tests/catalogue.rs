@@ -252,7 +252,7 @@ fn every_code_is_produced_by_a_scenario() {
         failure(
             |_| {},
             json!({"tmpfsMaxBytes": 4096}),
-            secret("db-password", node_mi()),
+            secret("big", node_mi()),
         ),
         "tmpfsMaxBytes",
     );

@@ -81,10 +81,10 @@ impl Node {
     }
 
     /// A node with this scenario and this `kv.json` (`null` = no file); a config without a
-    /// `policy` lets the harness's pods (namespace `demo`) use any node identity, as most
-    /// tests need (kv refuses node identities when no policy names them).
+    /// `policy` gets one letting every pod use any node identity, as most tests need (kv
+    /// refuses node identities when no policy names them): see [`trusting`].
     pub fn with(scenario: Value, config: Value) -> Node {
-        Node::with_exact(scenario, trusting_demo(config))
+        Node::with_exact(scenario, trusting(config))
     }
 
     /// A node with exactly this `kv.json` (`null` = no file).
@@ -107,10 +107,9 @@ impl Node {
         Node { ns, root, kv, log }
     }
 
-    /// Rewrites the node config (a config without `policy` trusts namespace `demo`, see
-    /// [`Node::with`]).
+    /// Rewrites the node config (a config without `policy` gets [`trusting`]'s).
     pub fn set_config(&self, config: Value) {
-        self.set_config_exact(trusting_demo(config))
+        self.set_config_exact(trusting(config))
     }
 
     /// Rewrites the node config exactly.
@@ -283,12 +282,12 @@ impl Drop for Node {
     }
 }
 
-/// `config` plus, when it has no `policy`, one that lets namespace `demo` use every node
-/// identity.
-pub fn trusting_demo(mut config: Value) -> Value {
+/// `config` plus, when it has no `policy`, the one line that lets every namespace use every
+/// node identity (v0.0.17's behaviour, which most tests were written for).
+pub fn trusting(mut config: Value) -> Value {
     if let Some(m) = config.as_object_mut() {
         m.entry("policy")
-            .or_insert(json!({"nodeIdentities": {"demo": ["*"]}}));
+            .or_insert(json!({"nodeIdentities": {"*": ["*"]}}));
     }
     config
 }
