@@ -81,7 +81,7 @@ fn nmi_port_changes_where_pod_identity_asks() {
 
 #[test]
 fn tmpfs_max_bytes_caps_every_volume() {
-    // 16 KiB: room for a small secret (one page; the headroom shrinks to the cap), not for
+    // 16 KiB: room for a small secret (one page; kv's headroom is cut to the cap), not for
     // 25 KB (seven pages).
     let node = Node::with(scenario(), json!({"tmpfsMaxBytes": 16384}));
     let dir = node.volume_dir("v");
@@ -100,10 +100,23 @@ fn tmpfs_max_bytes_caps_every_volume() {
     c.assert_failure("KV_OPTIONS");
     assert!(c.message().contains("16384"), "{}", c.message());
     node.assert_nothing_left(&dir);
-    // A small secret fits.
+    // A small secret fits, and the tmpfs is the cap (the headroom cut to it).
     let dir = node.volume_dir("v");
     node.mount(&dir, pod_identity()).assert_success();
+    assert!(
+        node.ns
+            .mountinfo()
+            .lines()
+            .any(|l| l.contains(&dir.to_string_lossy().to_string()) && l.contains("size=16k")),
+        "{}",
+        node.ns.mountinfo()
+    );
     assert_mounted(&node, &dir);
+    // The case a user reported: a 15-byte secret on a node capped at 64 KiB.
+    node.set_config(json!({"tmpfsMaxBytes": 65536}));
+    let dir = node.volume_dir("v");
+    node.mount(&dir, pod_identity()).assert_success();
+    assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
     // Raising the cap lets the big secret in.
     node.set_config(json!({"tmpfsMaxBytes": 1048576}));
     let dir = node.volume_dir("v");

@@ -99,7 +99,15 @@ impl Node {
         let plugin = root.join("plugins/azure~kv");
         std::fs::create_dir_all(&plugin).unwrap();
         let kv = plugin.join("kv");
-        std::fs::copy(kv_binary(), &kv).unwrap();
+        // Copied by a child process: a write descriptor held by this (multi-threaded) test
+        // process would leak into children other tests fork meanwhile, and their exec of this
+        // binary would fail with ETXTBSY.
+        let copied = std::process::Command::new("cp")
+            .arg(kv_binary())
+            .arg(&kv)
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "cp kv: {copied}");
         if !config.is_null() {
             std::fs::write(plugin.join("kv.json"), config.to_string()).unwrap();
         }
