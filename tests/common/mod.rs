@@ -142,28 +142,16 @@ impl Node {
     }
 
     /// Runs kv with these args inside the namespace, as kubelet does (no stdin, env inherited).
-    ///
-    /// Another test thread copying its own kv binary while this one forks can leave that
-    /// copy's write descriptor open in a child for an instant; exec of *that* copy then fails
-    /// with ETXTBSY before kv runs (nothing happened), so the call is repeated.
     pub fn kv<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Call {
-        let mut attempts = 0;
-        loop {
-            let out: Output = self
-                .ns
-                .command(&self.kv)
-                .args(args)
-                .env("KV_LOG_FILE", &self.log)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("run kv");
-            attempts += 1;
-            let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
-            if !busy || attempts == 5 {
-                return call(out);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let out: Output = self
+            .ns
+            .command(&self.kv)
+            .args(args)
+            .env("KV_LOG_FILE", &self.log)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kv");
+        call(out)
     }
 
     /// `kv mount <dir> <options>` with kubelet's own keys added.
