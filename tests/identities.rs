@@ -91,7 +91,7 @@ fn kv_waits_for_a_token_kubelet_writes_late() {
 
 #[test]
 fn a_missing_token_fails_at_the_deadline_naming_the_volume() {
-    let node = Node::with(scenario(), trusting_demo(json!({"deadlineSeconds": 2})));
+    let node = Node::with(scenario(), json!({"deadlineSeconds": 2}));
     let dir = node.volume_dir("wi");
     let started = std::time::Instant::now();
     let c = node.mount(&dir, wi_options("workload", WORKLOAD_APP));

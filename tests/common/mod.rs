@@ -81,10 +81,10 @@ impl Node {
     }
 
     /// A node with this scenario and this `kv.json` (`null` = no file); a config without a
-    /// `policy` lets the harness's pods (namespace `demo`) use any node identity, as most
-    /// tests need (kv refuses node identities when no policy names them).
+    /// `policy` gets one letting every pod use any node identity, as most tests need (kv
+    /// refuses node identities when no policy names them): see [`trusting`].
     pub fn with(scenario: Value, config: Value) -> Node {
-        Node::with_exact(scenario, trusting_demo(config))
+        Node::with_exact(scenario, trusting(config))
     }
 
     /// A node with exactly this `kv.json` (`null` = no file).
@@ -115,10 +115,9 @@ impl Node {
         Node { ns, root, kv, log }
     }
 
-    /// Rewrites the node config (a config without `policy` trusts namespace `demo`, see
-    /// [`Node::with`]).
+    /// Rewrites the node config (a config without `policy` gets [`trusting`]'s).
     pub fn set_config(&self, config: Value) {
-        self.set_config_exact(trusting_demo(config))
+        self.set_config_exact(trusting(config))
     }
 
     /// Rewrites the node config exactly.
@@ -143,28 +142,16 @@ impl Node {
     }
 
     /// Runs kv with these args inside the namespace, as kubelet does (no stdin, env inherited).
-    ///
-    /// Another test thread copying its own kv binary while this one forks can leave that
-    /// copy's write descriptor open in a child for an instant; exec of *that* copy then fails
-    /// with ETXTBSY before kv runs (nothing happened), so the call is repeated.
     pub fn kv<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Call {
-        let mut attempts = 0;
-        loop {
-            let out: Output = self
-                .ns
-                .command(&self.kv)
-                .args(args)
-                .env("KV_LOG_FILE", &self.log)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("run kv");
-            attempts += 1;
-            let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
-            if !busy || attempts == 5 {
-                return call(out);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let out: Output = self
+            .ns
+            .command(&self.kv)
+            .args(args)
+            .env("KV_LOG_FILE", &self.log)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kv");
+        call(out)
     }
 
     /// `kv mount <dir> <options>` with kubelet's own keys added.
@@ -291,12 +278,12 @@ impl Drop for Node {
     }
 }
 
-/// `config` plus, when it has no `policy`, one that lets namespace `demo` use every node
-/// identity.
-pub fn trusting_demo(mut config: Value) -> Value {
+/// `config` plus, when it has no `policy`, the one line that lets every namespace use every
+/// node identity (v0.0.17's behaviour, which most tests were written for).
+pub fn trusting(mut config: Value) -> Value {
     if let Some(m) = config.as_object_mut() {
         m.entry("policy")
-            .or_insert(json!({"nodeIdentities": {"demo": ["*"]}}));
+            .or_insert(json!({"nodeIdentities": {"*": ["*"]}}));
     }
     config
 }
