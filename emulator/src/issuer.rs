@@ -123,7 +123,7 @@ impl TestIssuer {
         Ok(Self::from_key(issuer, key))
     }
 
-    /// The key in `path` (PEM), generated and written (0600, atomically) if missing.
+    /// The key in `path` (PEM), generated and written (atomically, then mode 0600) if missing.
     pub fn load_or_generate(issuer: &str, path: &Path) -> Result<TestIssuer, String> {
         if let Ok(pem) = std::fs::read_to_string(path) {
             return Self::from_pem(issuer, &pem);
@@ -133,6 +133,10 @@ impl TestIssuer {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         crate::write_atomic(path, me.private_pem().as_bytes())
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            })
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         Ok(me)
     }
