@@ -22,6 +22,8 @@
 //! - 700024 "Client assertion is not within its valid time range. Current time: …, assertion
 //!   valid from …, expiry time of assertion …" (AzureAD/microsoft-authentication-library-for-java#984).
 //! - 50027 "JWT token is invalid or malformed." (Azure SDK for Java troubleshooting table).
+//! - 5002730 "Invalid JWT token. Unsupported key for the signing algorithm."
+//!   (AzureAD/microsoft-authentication-library-for-dotnet#4712): an `alg` other than RS256.
 //!
 //! Order of checks: shape, issuer among the identity's credentials, issuer keys and
 //! signature, lifetime, subject, audience — the claims are only trusted once signed.

@@ -1639,8 +1639,12 @@ fn issuer_keys_from_files() {
     assert!(e.contains("jwks"), "{e}");
     v["issuers"] = json!([]);
     v["federated_credentials"] = json!([{"client_id": "nobody", "issuer": ISSUER, "subject": "s"}]);
-    let e = Scenario::from_value(v, &scenarios_dir()).expect_err("error");
+    let e = Scenario::from_value(v.clone(), &scenarios_dir()).expect_err("error");
     assert!(e.contains("unknown identity nobody"), "{e}");
+    v["identities"] = json!([{"kind": "system", "client_id": SYSTEM, "tenant": TENANT}]);
+    v["federated_credentials"] = json!([{"client_id": SYSTEM, "issuer": ISSUER, "subject": "s"}]);
+    let e = Scenario::from_value(v, &scenarios_dir()).expect_err("error");
+    assert!(e.contains("system-assigned identity cannot"), "{e}");
 }
 
 #[test]
