@@ -22,6 +22,8 @@
 //! - 700024 "Client assertion is not within its valid time range. Current time: …, assertion
 //!   valid from …, expiry time of assertion …" (AzureAD/microsoft-authentication-library-for-java#984).
 //! - 50027 "JWT token is invalid or malformed." (Azure SDK for Java troubleshooting table).
+//! - 5002730 "Invalid JWT token. Unsupported key for the signing algorithm."
+//!   (AzureAD/microsoft-authentication-library-for-dotnet#4712): an `alg` other than RS256.
 //!
 //! Order of checks: shape, issuer among the identity's credentials, issuer keys and
 //! signature, lifetime, subject, audience — the claims are only trusted once signed.
@@ -94,18 +96,7 @@ pub fn parse(jwt: &str) -> Option<Parsed<'_>> {
 
 /// AAD's time format in 700024: `2024-10-02T22:05:03.0000000Z`.
 fn aad_time(t: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(t) {
-        Ok(d) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.0000000Z",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        ),
-        Err(_) => t.to_string(),
-    }
+    crate::util::utc_secs(t, "{Y}-{M}-{D}T{h}:{m}:{s}.0000000Z")
 }
 
 /// 700024 for an assertion outside its lifetime (`exp` passed, or `nbf` more than five

@@ -123,7 +123,7 @@ impl TestIssuer {
         Ok(Self::from_key(issuer, key))
     }
 
-    /// The key in `path` (PEM), generated and written (0600, atomically) if missing.
+    /// The key in `path` (PEM), generated and written (atomically, then mode 0600) if missing.
     pub fn load_or_generate(issuer: &str, path: &Path) -> Result<TestIssuer, String> {
         if let Ok(pem) = std::fs::read_to_string(path) {
             return Self::from_pem(issuer, &pem);
@@ -133,6 +133,10 @@ impl TestIssuer {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         crate::write_atomic(path, me.private_pem().as_bytes())
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            })
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         Ok(me)
     }
@@ -301,6 +305,50 @@ impl ServiceAccountToken {
     }
 }
 
+/// Write `files` (name, bytes) into a projected volume directory the way kubelet's
+/// AtomicWriter does: a new `..YYYY_MM_DD_HH_MM_SS.<digits>` directory holding the files
+/// (mode `mode`), the `..data` symlink switched to it atomically (via `..data_tmp` and a
+/// rename), one `<name> -> ..data/<name>` symlink per file, the previous timestamped
+/// directory removed. Calling it again rotates the contents (a refreshed token). Returns the
+/// new timestamped directory.
+pub fn write_projected_volume(
+    volume_dir: &Path,
+    files: &[(&str, &[u8])],
+    mode: u32,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    std::fs::create_dir_all(volume_dir)?;
+    let data = volume_dir.join("..data");
+    let old = std::fs::read_link(&data).ok();
+    let name = format!(
+        "..{}.{}",
+        crate::util::utc(crate::util::now_millis() as i128, "{Y}_{M}_{D}_{h}_{m}_{s}"),
+        rand::Rng::gen_range(&mut rand::thread_rng(), 100_000_000u32..1_000_000_000)
+    );
+    let ts_dir = volume_dir.join(&name);
+    std::fs::create_dir(&ts_dir)?;
+    std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755))?;
+    for (file, bytes) in files {
+        let p = ts_dir.join(file);
+        std::fs::write(&p, bytes)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    let tmp = volume_dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&name, &tmp)?;
+    std::fs::rename(&tmp, &data)?;
+    for (file, _) in files {
+        let visible = volume_dir.join(file);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(Path::new("..data").join(file), &visible)?;
+        }
+    }
+    if let Some(o) = old.filter(|o| o.as_os_str() != name.as_str()) {
+        let _ = std::fs::remove_dir_all(volume_dir.join(o));
+    }
+    Ok(ts_dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +377,32 @@ mod tests {
         let from_pem = keys_from_pem(&iss.public_pem()).expect("pem");
         assert_eq!(from_pem[0].0.as_deref(), Some(iss.kid.as_str()));
         assert_eq!(from_pem[0].1, keys[0].1);
+    }
+
+    #[test]
+    fn projected_volume_like_kubelet() {
+        let dir =
+            std::env::temp_dir().join(format!("kv-emulator-projected-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = write_projected_volume(&dir, &[("token", b"one")], 0o600).expect("write");
+        let link = dir.join("token");
+        assert_eq!(
+            std::fs::read_link(&link).expect("link"),
+            Path::new("..data/token")
+        );
+        assert_eq!(std::fs::read(&link).expect("read"), b"one");
+        let second = write_projected_volume(&dir, &[("token", b"two")], 0o600).expect("rotate");
+        assert_eq!(std::fs::read(&link).expect("read"), b"two");
+        assert!(!first.exists() && second.exists());
+        let target = std::fs::read_link(dir.join("..data")).expect("..data");
+        assert!(target.to_string_lossy().starts_with(".."), "{target:?}");
+        assert!(!dir.join("..data_tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(second.join("token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -569,13 +569,21 @@ impl Scenario {
             }
         }
         for fc in &self.federated_credentials {
-            if !self
+            let Some(owner) = self
                 .identities
                 .iter()
-                .any(|i| i.client_id.eq_ignore_ascii_case(&fc.client_id))
-            {
+                .find(|i| i.client_id.eq_ignore_ascii_case(&fc.client_id))
+            else {
                 return Err(format!(
                     "federated credential names unknown identity {}",
+                    fc.client_id
+                ));
+            };
+            // Azure: applications and user-assigned identities have federated credentials,
+            // system-assigned identities cannot.
+            if owner.kind == IdentityKind::System {
+                return Err(format!(
+                    "federated credential of {}: a system-assigned identity cannot have one (use a user-assigned identity or an application)",
                     fc.client_id
                 ));
             }

@@ -97,18 +97,7 @@ fn thumbprint_hex(b64: &str) -> String {
 
 /// `Start=MM/DD/YYYY HH:MM:SS, End=…` of a certificate, as AAD prints a found key.
 fn key_validity(cert_der: &[u8]) -> String {
-    let fmt = |t: i64| match time::OffsetDateTime::from_unix_timestamp(t) {
-        Ok(d) => format!(
-            "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
-            u8::from(d.month()),
-            d.day(),
-            d.year(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        ),
-        Err(_) => t.to_string(),
-    };
+    let fmt = |t: i64| crate::util::utc_secs(t, "{M}/{D}/{Y} {h}:{m}:{s}");
     match x509_parser::parse_x509_certificate(cert_der) {
         Ok((_, c)) => format!(
             "Start={}, End={}",

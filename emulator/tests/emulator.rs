@@ -264,12 +264,17 @@ async fn imds_tokens_and_errors() {
         assert_eq!(r.status(), 200, "{q}");
         assert_eq!(j(&r.text().await.expect("body"))["client_id"], USER, "{q}");
     }
-    // unknown identity / service principal are not VM identities
-    for cid in ["99999999-0000-0000-0000-000000000000", SP] {
+    // unknown identity / service principal / identity not attached to the VM (by resource id)
+    for q in [
+        "client_id=99999999-0000-0000-0000-000000000000".to_string(),
+        format!("client_id={SP}"),
+        "msi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/nope".to_string(),
+        "msi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-workload".to_string(),
+    ] {
         let r = t
             .http
             .get(t.imds(&format!(
-                "api-version=2018-02-01&resource=https://vault.azure.net&client_id={cid}"
+                "api-version=2018-02-01&resource=https://vault.azure.net&{q}"
             )))
             .header("Metadata", "true")
             .send()
@@ -1634,8 +1639,12 @@ fn issuer_keys_from_files() {
     assert!(e.contains("jwks"), "{e}");
     v["issuers"] = json!([]);
     v["federated_credentials"] = json!([{"client_id": "nobody", "issuer": ISSUER, "subject": "s"}]);
-    let e = Scenario::from_value(v, &scenarios_dir()).expect_err("error");
+    let e = Scenario::from_value(v.clone(), &scenarios_dir()).expect_err("error");
     assert!(e.contains("unknown identity nobody"), "{e}");
+    v["identities"] = json!([{"kind": "system", "client_id": SYSTEM, "tenant": TENANT}]);
+    v["federated_credentials"] = json!([{"client_id": SYSTEM, "issuer": ISSUER, "subject": "s"}]);
+    let e = Scenario::from_value(v, &scenarios_dir()).expect_err("error");
+    assert!(e.contains("system-assigned identity cannot"), "{e}");
 }
 
 #[test]
