@@ -10,14 +10,13 @@
 
 use super::layout::{self, Budget, Perms};
 use super::record::{LastError, Record, Status, Store};
+use super::root::{is_live, VolumeRoot};
 use super::schedule;
 use crate::error::{Code, Error, Result};
 use crate::volume::Layout;
-use rustix::fd::{AsFd, OwnedFd};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -101,9 +100,11 @@ fn ms(d: Duration) -> u64 {
 
 /// A volume after its refresh.
 enum Outcome {
+    /// With the replaced version to remove after the grace period (the root stays open, and
+    /// writable, until then); `None` for a read-only volume, made read-only again at once (the
+    /// next pass's recover removes the old version).
     Switched {
-        root: OwnedFd,
-        replaced: Option<String>,
+        cleanup: Option<(VolumeRoot, String)>,
     },
     Unchanged,
     Failed(Error),
@@ -150,11 +151,8 @@ pub fn run_pass(
             report.next_due = Some(report.next_due.map_or(due, |d: Duration| d.min(due)));
         }
         match outcome {
-            Outcome::Switched {
-                root,
-                replaced: old,
-            } => {
-                if let Some(old) = old {
+            Outcome::Switched { cleanup } => {
+                if let Some((root, old)) = cleanup {
                     replaced.push((dir.clone(), root, old));
                 }
                 report.switched.push(dir);
@@ -168,7 +166,7 @@ pub fn run_pass(
     if !replaced.is_empty() {
         std::thread::sleep(opts.grace);
         for (dir, root, old) in replaced {
-            if let Err(e) = layout::remove_version(root.as_fd(), &old) {
+            if let Err(e) = layout::remove_version(root.fd(), &old) {
                 // recover() removes it before the volume's next switch.
                 report.problems.push(format!("{}: {e}", dir.display()));
             }
@@ -272,15 +270,15 @@ fn refresh_volume(
             format!("{} was unmounted during the refresh", record.dir.display()),
         ));
     }
-    let root = open_root(&record.dir)?;
-    let recovered = layout::recover(root.as_fd())?;
+    let root = VolumeRoot::open(&record.dir, record.read_only)?;
+    let recovered = layout::recover(root.fd())?;
     if recovered.any() {
         crate::log::warn(
             "rotation_recovered",
             json!({"volume": record.dir.to_string_lossy(), "removed_versions": recovered.removed_versions.len(), "fixed_links": recovered.fixed_links}),
         );
     }
-    if layout::current(root.as_fd())?.is_none() {
+    if layout::current(root.fd())?.is_none() {
         return Err(Error::new(
             Code::Mount,
             format!(
@@ -293,7 +291,7 @@ fn refresh_volume(
     // Versions count once known: right after mount the status has none, and equal bytes mean
     // the volume is current.
     let new_version = !status.versions.is_empty() && fetched.versions != status.versions;
-    let changed = new_version || !layout::matches(root.as_fd(), files)?;
+    let changed = new_version || !layout::matches(root.fd(), files)?;
     if !changed {
         return Ok((Outcome::Unchanged, fetched.versions));
     }
@@ -301,77 +299,13 @@ fn refresh_volume(
         dir_mode: fetched.layout.dir_mode,
         gid: fetched.layout.gid,
     };
-    let budget = Budget::available(root.as_fd())?;
-    let switched = layout::switch(root.as_fd(), files, perms, budget)?;
-    Ok((
-        Outcome::Switched {
-            root,
-            replaced: switched.replaced,
-        },
-        fetched.versions,
-    ))
-}
-
-/// Opens the volume's tmpfs root for writing: a directory reached without a symlink, on a
-/// tmpfs, writable (a read-only volume cannot be switched).
-pub fn open_root(dir: &Path) -> Result<OwnedFd> {
-    let root = crate::atomic::open_dir(dir)
-        .map_err(|e| Error::new(Code::Mount, format!("cannot open {}: {e}", dir.display())))?;
-    let st = rustix::fs::fstatvfs(&root).map_err(|e| {
-        Error::new(
-            Code::Mount,
-            format!("cannot inspect {}: {e}", dir.display()),
-        )
-    })?;
-    if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-        return Err(Error::new(
-            Code::Mount,
-            format!(
-                "{} is mounted read-only: kv cannot switch its files (mount it read-write, or drop rotationpollinterval)",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(root)
-}
-
-/// Whether `dir` is still a volume of kv's: the topmost mount there is a tmpfs with source
-/// `kv`. A missing dir is not.
-pub fn is_live(dir: &Path) -> Result<bool> {
-    let table = match std::fs::read("/proc/self/mountinfo") {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(Error::new(
-                Code::Mount,
-                format!("cannot read /proc/self/mountinfo: {e}"),
-            ))
-        }
+    let budget = Budget::available(root.fd())?;
+    let switched = layout::switch(root.fd(), files, perms, budget)?;
+    let cleanup = match switched.replaced {
+        Some(old) if !root.reprotects() => Some((root, old)),
+        _ => None,
     };
-    let want = escape_mountinfo(dir.as_os_str().as_bytes());
-    let top = table
-        .split(|b| *b == b'\n')
-        .rfind(|line| line.split(|b| *b == b' ').nth(4) == Some(&want[..]));
-    let Some(line) = top else { return Ok(false) };
-    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-    Ok(match fields.iter().position(|f| *f == b"-") {
-        Some(i) => {
-            fields.get(i + 1) == Some(&&b"tmpfs"[..]) && fields.get(i + 2) == Some(&&b"kv"[..])
-        }
-        None => false,
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn escape_mountinfo(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    for &b in path {
-        if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
-            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
-        } else {
-            out.push(b);
-        }
-    }
-    out
+    Ok((Outcome::Switched { cleanup }, fetched.versions))
 }
 
 /// The agent: passes until `stop` is set, sleeping until the next volume is due (at most

@@ -1,6 +1,9 @@
 use super::*;
 use crate::agent::record::PodRef;
+use crate::agent::root::is_live;
 use crate::agent::testutil::{file, TempDir, Tmpfs};
+use rustix::fd::AsFd;
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 
 /// A fake vault: per mount dir, the generation of its objects or the error it answers.
@@ -87,6 +90,7 @@ fn record(dir: &Path) -> Record {
         "{}".into(),
         Duration::from_secs(120),
         "service-principal",
+        false,
     )
 }
 
@@ -319,9 +323,45 @@ fn volumes_wait_for_their_due_time_unless_once() {
 }
 
 #[test]
-fn mountinfo_paths_are_escaped() {
+fn a_read_only_volume_is_switched_and_read_only_again() {
+    let (_state, store, vault) = setup("pass-ro");
+    let a = Volume::new(&store, &vault, "pass-ro", 1 << 20);
+    let mut r = record(&a.fs.dir);
+    r.read_only = true;
+    store.save(&r).unwrap();
+    let keep = rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV;
+    rustix::mount::mount_remount(&a.fs.dir, keep | rustix::mount::MountFlags::RDONLY, "").unwrap();
+    let read_only = || {
+        rustix::fs::statvfs(&a.fs.dir)
+            .unwrap()
+            .f_flag
+            .contains(rustix::fs::StatVfsMountFlags::RDONLY)
+    };
+    assert!(std::fs::write(a.fs.dir.join("probe"), b"x").is_err());
+
+    vault.set(&a.fs.dir, Ok((2, "v2")));
+    let report = run_pass(&store, &vault, ONCE, now()).unwrap();
     assert_eq!(
-        escape_mountinfo(b"/a b\\c\td"),
-        b"/a\\040b\\134c\\011d".to_vec()
+        report.switched,
+        std::slice::from_ref(&a.fs.dir),
+        "{report:?}"
     );
+    assert_eq!(a.cert(), "cert 2");
+    assert!(read_only(), "read-only again after the switch");
+    // The replaced version waits for the next pass (the volume is not reopened to remove it).
+    vault.set(&a.fs.dir, Ok((3, "v3")));
+    run_pass(&store, &vault, ONCE, now()).unwrap();
+    assert_eq!(a.cert(), "cert 3");
+    assert!(read_only());
+    let versions = std::fs::read_dir(&a.fs.dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("..2")
+        })
+        .count();
+    assert_eq!(versions, 2, "the current one and the one just replaced");
 }

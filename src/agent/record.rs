@@ -58,6 +58,10 @@ pub struct Record {
     pub identity: String,
     /// When the volume was mounted (Unix seconds).
     pub mounted_at: u64,
+    /// The volume is mounted read-only (`kubernetes.io/readwrite: ro`): made writable only
+    /// for the switch.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl Record {
@@ -68,6 +72,7 @@ impl Record {
         options: String,
         interval: std::time::Duration,
         identity: &str,
+        read_only: bool,
     ) -> Record {
         Record {
             format: FORMAT,
@@ -77,6 +82,7 @@ impl Record {
             interval_secs: interval.as_secs().max(1),
             identity: identity.to_string(),
             mounted_at: now_secs(),
+            read_only,
         }
     }
 
@@ -422,6 +428,7 @@ mod tests {
             r#"{"keyvaultname":"v","kubernetes.io/secret/clientsecret":"c2VjcmV0LXZhbHVl"}"#.into(),
             std::time::Duration::from_secs(120),
             "service-principal",
+            false,
         )
     }
 
