@@ -11,6 +11,7 @@
 pub mod layout;
 pub mod pass;
 pub mod record;
+pub mod refresh;
 pub mod root;
 pub mod schedule;
 

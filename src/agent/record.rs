@@ -86,6 +86,28 @@ impl Record {
         }
     }
 
+    /// The record of a volume just mounted at `dir` from kubelet's `options` JSON.
+    pub fn for_volume(
+        dir: &Path,
+        options: &str,
+        spec: &crate::options::VolumeSpec,
+        interval: std::time::Duration,
+    ) -> Record {
+        Record::new(
+            dir.to_path_buf(),
+            PodRef {
+                uid: spec.pod.uid.clone(),
+                namespace: spec.pod.namespace.clone(),
+                name: spec.pod.name.clone(),
+                service_account: spec.pod.service_account.clone(),
+            },
+            options.to_string(),
+            interval,
+            &spec.identity.describe(),
+            spec.read_only,
+        )
+    }
+
     /// The record's file name stem: hex SHA-256 of the mount dir.
     pub fn name(&self) -> String {
         name_of(&self.dir)

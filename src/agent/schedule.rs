@@ -90,6 +90,16 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_nanos(total as u64))
 }
 
+/// Whole seconds the way [`parse_duration`] reads them back: `45s`, `2m0s`, `1h30m0s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec}s"),
+        (h, m, sec) => format!("{h}h{m}m{sec}s"),
+    }
+}
+
 /// The node's rotation settings (`rotation.*` in `kv.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -241,6 +251,21 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e.code(), crate::error::Code::Options, "{bad}");
             assert!(e.message().contains("e.g. 30s"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_print_as_go_does() {
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (120, "2m0s"),
+            (5400, "1h30m0s"),
+            (90061, "25h1m1s"),
+        ] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d);
         }
     }
 
