@@ -1,0 +1,268 @@
+//! Rotation against the emulator: the real `kv agent --once` refreshing a volume that has the
+//! rotation layout, with a service principal's recorded credential, over real HTTP/TLS.
+//!
+//! Until `kv mount` writes the rotation layout itself, the test mounts the tmpfs (source `kv`)
+//! in the node's namespace and writes the first version with the same library function mount
+//! will use ([`layout::write_initial`]).
+
+mod common;
+
+use common::*;
+use keyvault_flexvolume::agent::layout::{self, Budget, Perms};
+use keyvault_flexvolume::agent::record::{Record, Store};
+use keyvault_flexvolume::options::VolumeSpec;
+use keyvault_flexvolume::volume::VolumeFile;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Output;
+use zeroize::Zeroizing;
+
+const PINNED: &str = "0123456789abcdef0123456789abcdef";
+
+fn options(dir: &Path) -> Value {
+    kubelet_options(
+        dir,
+        json!({
+            "keyvaultname": "kvdemo",
+            "keyvaultobjectnames": "db-password;old-and-new;old-and-new",
+            "keyvaultobjecttypes": "secret;secret;secret",
+            "keyvaultobjectversions": format!(";;{PINNED}"),
+            "keyvaultobjectaliases": ";latest;pinned",
+            "rotationpollinterval": "30s",
+            "tenantid": TENANT,
+            "kubernetes.io/secret/clientid": b64(SP_ID),
+            "kubernetes.io/secret/clientsecret": b64(SP_SECRET),
+        }),
+    )
+}
+
+/// A rotating volume as mount leaves it, with a stale db-password.
+fn rotating_volume(node: &Node, state: &Path, interval_secs: u64) -> std::path::PathBuf {
+    let dir = node.volume_dir("secrets");
+    let mounted = node
+        .ns
+        .command("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0555", "kv"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let file = |path: &str, bytes: &[u8]| VolumeFile {
+        path: path.into(),
+        bytes: Zeroizing::new(bytes.to_vec()),
+        mode: 0o444,
+    };
+    let root = keyvault_flexvolume::atomic::open_dir(&node.ns.host_path(&dir)).unwrap();
+    layout::write_initial(
+        rustix::fd::AsFd::as_fd(&root),
+        &[
+            file("db-password", b"stale"),
+            file("latest", b"new value"),
+            file("pinned", b"old value"),
+        ],
+        Perms {
+            dir_mode: 0o555,
+            gid: None,
+        },
+        Budget::unlimited(),
+    )
+    .unwrap();
+    let json = options(&dir).to_string();
+    let spec = VolumeSpec::parse(&json).unwrap();
+    Store::new(state)
+        .save(&Record::for_volume(
+            &dir,
+            &json,
+            &spec,
+            std::time::Duration::from_secs(interval_secs),
+        ))
+        .unwrap();
+    dir
+}
+
+fn agent(node: &Node, state: &Path, args: &[&str]) -> (String, i32) {
+    let out: Output = node
+        .ns
+        .command(&node.kv)
+        .arg("agent")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env("KV_LOG_FILE", &node.log)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "kv agent wrote to stderr: {stderr}");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn set_secret(s: &mut Value, name: &str, value: Option<&str>) {
+    let secrets = s["vaults"][0]["secrets"].as_array_mut().unwrap();
+    secrets.retain(|x| x["name"] != name);
+    if let Some(v) = value {
+        secrets.push(json!({"name": name, "value": v}));
+    }
+}
+
+fn status(node: &Node, state: &Path) -> Value {
+    let (out, code) = agent(node, state, &["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(out.lines().next().unwrap_or("null")).unwrap()
+}
+
+#[test]
+fn agent_once_follows_the_vault_and_keeps_files_on_errors() {
+    let mut node = Node::new();
+    let state = node.root.join("state");
+    let dir = rotating_volume(&node, &state, 30);
+    let version_of = |node: &Node| {
+        std::fs::read_link(node.ns.host_path(dir.join("..data")))
+            .unwrap()
+            .to_string_lossy()
+            .to_string()
+    };
+    let first = version_of(&node);
+
+    // The first pass finds the stale file and switches the whole volume.
+    let (out, code) = agent(&node, &state, &["--once"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("1 switched, 0 unchanged, 0 failed, 0 collected\n"),
+        "{out}"
+    );
+    assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
+    assert_eq!(node.file(&dir, "latest"), b"new value");
+    assert_eq!(node.file(&dir, "pinned"), b"old value");
+    let second = version_of(&node);
+    assert_ne!(first, second);
+    assert!(
+        !node.ns.host_path(dir.join(&first)).exists(),
+        "the old version is removed"
+    );
+
+    // Nothing changed in the vault: nothing is written.
+    let (out, _) = agent(&node, &state, &["--once"]);
+    assert!(
+        out.ends_with("0 switched, 1 unchanged, 0 failed, 0 collected\n"),
+        "{out}"
+    );
+    assert_eq!(version_of(&node), second);
+
+    // A new value, and a newer version of the object one file pins: the pinned file stays.
+    let mut s = scenario();
+    set_secret(&mut s, "db-password", Some("rotated-P@ss"));
+    s["vaults"][0]["secrets"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|x| x["name"] == "old-and-new")
+        .unwrap()["versions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"value": "newest value", "version": "aaaabbbbccccddddaaaabbbbccccdddd", "created": 1720000000}));
+    node.ns.restart_emulator(s.clone()).unwrap();
+    let (out, code) = agent(&node, &state, &["--once"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("switched   "), "{out}");
+    assert_eq!(node.file(&dir, "db-password"), b"rotated-P@ss");
+    assert_eq!(node.file(&dir, "latest"), b"newest value");
+    assert_eq!(node.file(&dir, "pinned"), b"old value");
+    let third = version_of(&node);
+
+    // The object is deleted: the pass fails, the files stay, the status says why.
+    set_secret(&mut s, "db-password", None);
+    node.ns.restart_emulator(s).unwrap();
+    let (out, code) = agent(&node, &state, &["--once"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("KV404_NOT_FOUND"), "{out}");
+    assert_eq!(version_of(&node), third);
+    assert_eq!(node.file(&dir, "db-password"), b"rotated-P@ss");
+    let st = status(&node, &state);
+    assert_eq!(st["dir"], json!(dir));
+    assert_eq!(st["pod"]["namespace"], "demo");
+    assert_eq!(st["status"]["last_error"]["code"], "KV404_NOT_FOUND");
+    assert_eq!(st["status"]["failures"], 1);
+    assert_eq!(st["status"]["switches"], 2);
+    let (text, _) = agent(&node, &state, &["status"]);
+    assert!(text.contains("last error:   KV404_NOT_FOUND"), "{text}");
+    assert!(text.contains("every 30s"), "{text}");
+
+    // The client secret is in the root-only record, never in output or the log.
+    for text in [&out, &text, &node.log_text()] {
+        assert!(!text.contains(SP_SECRET), "client secret leaked: {text}");
+    }
+    assert!(node.log_text().contains("\"event\":\"rotation_failed\""));
+
+    // The pod is gone (its tmpfs unmounted): the record is collected.
+    let unmounted = node.ns.command("umount").arg(&dir).status().unwrap();
+    assert!(unmounted.success());
+    let (out, code) = agent(&node, &state, &["--once"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("0 switched, 0 unchanged, 0 failed, 1 collected\n"),
+        "{out}"
+    );
+    let (text, _) = agent(&node, &state, &["status"]);
+    assert!(text.starts_with("no rotating volumes recorded"), "{text}");
+}
+
+#[test]
+fn the_agent_switches_within_the_interval_and_stops_on_sigterm() {
+    let mut node = Node::new();
+    let state = node.root.join("state");
+    // The node's 30s minimum is applied at mount; the agent follows the recorded interval.
+    let dir = rotating_volume(&node, &state, 2);
+    let mut child = node
+        .ns
+        .command(&node.kv)
+        .args(["agent", "--state-dir"])
+        .arg(&state)
+        .env("KV_LOG_FILE", &node.log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let file = node.ns.host_path(dir.join("db-password"));
+    let wait_for = |want: &[u8], within: std::time::Duration| {
+        let started = std::time::Instant::now();
+        loop {
+            if std::fs::read(&file).ok().as_deref() == Some(want) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "db-password did not become {:?} within {within:?}",
+                String::from_utf8_lossy(want)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(b"s3cr3t-P@ssw0rd", std::time::Duration::from_secs(10));
+    let mut s = scenario();
+    set_secret(&mut s, "db-password", Some("rotated-by-the-loop"));
+    node.ns.restart_emulator(s).unwrap();
+    // Interval 2s, plus the 2s grace of a pass that switched, plus jitter and margin.
+    wait_for(b"rotated-by-the-loop", std::time::Duration::from_secs(8));
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed().as_secs() < 10, "kv agent ignored SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    let log = node.log_text();
+    assert!(log.contains("\"event\":\"agent_stopped\""), "{log}");
+    assert!(log.contains("\"event\":\"rotation_switched\""), "{log}");
+}
