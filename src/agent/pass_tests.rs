@@ -39,6 +39,7 @@ impl Refresh for Vault {
                     dir_mode: 0o555,
                     gid: None,
                     size: 0,
+                    read_only: false,
                 },
                 versions: [("tls".to_string(), version.to_string())].into(),
             }),
@@ -230,6 +231,7 @@ fn an_error_keeps_the_files_reports_and_backs_off() {
                 dir_mode: 0o555,
                 gid: None,
                 size: 0,
+                read_only: false,
             },
             versions: BTreeMap::new(),
         })
