@@ -184,15 +184,18 @@ fn refresh_one(
     now: Duration,
 ) -> (Outcome, Option<Duration>) {
     let dir = &record.dir;
-    let fields = || json!({"volume": dir.to_string_lossy(), "pod": record.pod_label()});
+    // `pod` and `pod_uid` as a mount logs them: `kv logs --pod` shows the rotation history.
+    let fields = || json!({"volume": dir.to_string_lossy(), "pod": record.pod_label(), "pod_uid": record.pod.uid});
     match is_live(dir) {
         Ok(true) => {}
         Ok(false) => {
-            return match store.remove(dir) {
-                Ok(()) => {
+            return match collect(store, dir) {
+                Ok(true) => {
                     crate::log::info("rotation_record_collected", fields());
                     (Outcome::Collected, None)
                 }
+                // Mounted again meanwhile: refreshed on a later pass.
+                Ok(false) => (Outcome::NotDue, None),
                 Err(e) => (Outcome::Failed(e), None),
             };
         }
@@ -252,6 +255,18 @@ fn refresh_one(
         );
     }
     (outcome, Some(Duration::from_millis(status.next_due_ms)))
+}
+
+/// Removes the record of a volume whose mount is gone; `false` if it is mounted again. Under
+/// the volume's lock: a mount at the same dir saves its record while holding it, so a new
+/// volume's record is never taken for the old one's.
+fn collect(store: &Store, dir: &std::path::Path) -> Result<bool> {
+    let _lock = crate::volume::lock(dir)?;
+    if is_live(dir)? {
+        return Ok(false);
+    }
+    store.remove(dir)?;
+    Ok(true)
 }
 
 /// Fetches the volume and switches it if anything changed. Every error leaves the files as

@@ -40,6 +40,7 @@ impl Refresh for Vault {
                     gid: None,
                     size: 0,
                     read_only: false,
+                    rotating: true,
                 },
                 versions: [("tls".to_string(), version.to_string())].into(),
             }),
@@ -232,6 +233,7 @@ fn an_error_keeps_the_files_reports_and_backs_off() {
                 gid: None,
                 size: 0,
                 read_only: false,
+                rotating: true,
             },
             versions: BTreeMap::new(),
         })

@@ -21,8 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
-/// The node's state directory.
-pub const DEFAULT_STATE_DIR: &str = "/run/kv";
+pub use crate::config::DEFAULT_STATE_DIR;
 /// Record format written by this release.
 const FORMAT: u32 = 1;
 /// No record or status is larger (kubelet's options are a few KiB).

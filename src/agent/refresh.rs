@@ -3,7 +3,7 @@
 //! The recorded options are parsed as at mount, the node policy is checked again (a namespace
 //! that lost the right to a node identity stops rotating), the objects are fetched with the
 //! volume's own identity (a service principal's recorded credential, the pod's identity via NMI
-//! again, the node identity) and laid out with the same paths, modes and group as at mount.
+//! again, the node identity, the pod's projected token as kubelet last refreshed it) and laid out with the same paths, modes and group as at mount.
 
 use super::pass::{Fetched, Refresh};
 use super::record::Record;
@@ -21,7 +21,8 @@ pub struct PipelineRefresh {
 
 impl Refresh for PipelineRefresh {
     fn fetch(&self, record: &Record) -> Result<Fetched> {
-        let spec = VolumeSpec::parse(&record.options)?;
+        let mut spec = VolumeSpec::parse(&record.options)?;
+        pipeline::use_pod_token(&mut spec, &record.dir)?;
         let cloud = pipeline::resolve(&spec, &self.config)?;
         let deadline = crate::auth::Deadline::after(self.config.deadline());
         let fetched = pipeline::fetch(&spec, &cloud, &self.config, deadline)?;

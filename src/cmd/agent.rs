@@ -2,7 +2,7 @@
 //! The work is in [`crate::agent`].
 
 use crate::agent::pass::{self, PassOptions, PassReport};
-use crate::agent::record::{Record, Status, Store, DEFAULT_STATE_DIR};
+use crate::agent::record::{Record, Status, Store};
 use crate::agent::refresh::PipelineRefresh;
 use crate::agent::schedule::format_duration;
 use crate::config::NodeConfig;
@@ -19,9 +19,10 @@ pub struct AgentArgs {
     /// Refresh every recorded volume now, whatever its interval, and exit.
     #[arg(long)]
     pub once: bool,
-    /// The node's state directory (volume records in <DIR>/volumes).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, global = true)]
-    pub state_dir: PathBuf,
+    /// The node's state directory (volume records in <DIR>/volumes; default: the node config's
+    /// stateDir, /run/kv).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
     /// Volumes refreshed at the same time.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
@@ -43,14 +44,14 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Runs the agent, one pass, or the status report.
 pub fn run(args: AgentArgs) -> (String, u8) {
-    let store = Store::new(&args.state_dir);
-    if let Some(AgentCommand::Status { json }) = args.command {
-        return status(&store, json);
-    }
     let config = match NodeConfig::load_beside_binary() {
         Ok(c) => c,
         Err(e) => return (format!("{e}\n"), e.code().exit_class()),
     };
+    let store = Store::new(args.state_dir.unwrap_or_else(|| config.state_dir()));
+    if let Some(AgentCommand::Status { json }) = args.command {
+        return status(&store, json);
+    }
     super::start_log(&config, "agent");
     let refresh = PipelineRefresh { config };
     let opts = PassOptions {

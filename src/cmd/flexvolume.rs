@@ -1,9 +1,10 @@
 //! The FlexVolume verbs kubelet calls: `mount <dir> <json>` and `unmount <dir>`. Each returns
 //! exactly one [`Reply`]; the work is [`crate::pipeline`] (mount) and [`crate::volume`].
 
+use crate::agent::record::{Record, Store};
 use crate::config::NodeConfig;
 use crate::error::{Code, Error, Result};
-use crate::options::{Identity, TokenFile, VolumeSpec};
+use crate::options::VolumeSpec;
 use crate::pipeline;
 use crate::reply::Reply;
 use crate::volume;
@@ -63,11 +64,9 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let mut spec = VolumeSpec::parse(json)?;
     log_context(dir, &spec);
     volume::validate_kubelet_dir(dir)?;
-    if let Identity::WorkloadIdentity { token, .. } = &spec.identity {
-        // The pod's own projected token, found from the mount dir kubelet gave.
-        spec.token_file = Some(TokenFile::for_mount(dir, &spec.pod, token)?);
-    }
+    pipeline::use_pod_token(&mut spec, dir)?;
     let cloud = pipeline::resolve(&spec, config)?;
+    let rotation = pipeline::rotation(&spec, config)?;
 
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
@@ -88,9 +87,18 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
         ));
     }
     volume::mount(dir, &layout)?;
+    if let Some(interval) = rotation {
+        // What `kv agent` needs to refresh the volume. Without it the pod would never rotate:
+        // the mount fails rather than quietly giving less than the pod asked for.
+        let record = Record::for_volume(dir, json, &spec, interval);
+        if let Err(e) = Store::new(config.state_dir()).save(&record) {
+            let _ = volume::unmount(dir);
+            return Err(e);
+        }
+    }
     crate::log::info(
         "mounted",
-        json!({"files": layout.files.len(), "tmpfs_bytes": layout.size}),
+        json!({"files": layout.files.len(), "tmpfs_bytes": layout.size, "rotation_secs": rotation.map(|d| d.as_secs())}),
     );
     Ok(())
 }
@@ -128,5 +136,14 @@ fn unmount_call(args: &[OsString]) -> Result<()> {
         crate::log::set_context("pod_uid", uid);
     }
     let _lock = volume::lock(&dir)?;
-    volume::unmount(&dir)
+    volume::unmount(&dir)?;
+    // The agent's record of a rotating volume goes with it. The volume is gone either way: a
+    // record left behind is collected by the agent's next pass, so it never fails the unmount.
+    if let Err(e) = Store::new(config.state_dir()).remove(&dir) {
+        crate::log::warn(
+            "rotation_record_left",
+            json!({"code": e.code().as_str(), "message": e.message()}),
+        );
+    }
+    Ok(())
 }

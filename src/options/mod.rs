@@ -67,6 +67,9 @@ pub struct VolumeSpec {
     pub file_permission: Option<u32>,
     /// Requested tmpfs size in bytes.
     pub tmpfs_size: Option<u64>,
+    /// `rotationpollinterval` (a Go duration, checked here): how often `kv agent` refreshes the
+    /// volume; the node's `rotation.*` settings bound it ([`crate::pipeline::rotation`]).
+    pub rotation_poll_interval: Option<String>,
     /// Where workload identity's token is: set by the front-end (from the mount dir, or
     /// `kv fetch --token-file`), not by options.
     pub token_file: Option<TokenFile>,
@@ -91,6 +94,7 @@ const KNOWN_KEYS: &[&str] = &[
     "clientid",
     "workloadidentitytokenpath",
     "nmiport",
+    "rotationpollinterval",
     "kubernetes.io/fstype",
     "kubernetes.io/readwrite",
     "kubernetes.io/pvorvolumename",
@@ -180,6 +184,17 @@ impl VolumeSpec {
             .map(|s| values::parse_size("tmpfssize", s))
             .transpose()?;
 
+        let rotation_poll_interval = raw.get("rotationpollinterval").map(str::to_string);
+        if let Some(text) = &rotation_poll_interval {
+            let d = crate::agent::schedule::parse_duration(text)
+                .map_err(|e| Error::options(format!("rotationpollinterval: {}", e.message())))?;
+            if d.is_zero() {
+                return Err(Error::options(
+                    "rotationpollinterval is 0: give an interval such as 2m, or remove the option",
+                ));
+            }
+        }
+
         let objects = objects::parse(&raw)?;
 
         Ok(VolumeSpec {
@@ -193,6 +208,7 @@ impl VolumeSpec {
             read_only,
             file_permission,
             tmpfs_size,
+            rotation_poll_interval,
             token_file: None,
             unknown_keys,
         })
