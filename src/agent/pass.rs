@@ -200,13 +200,17 @@ fn refresh_one(
     }
     let mut status = store.load_status(dir);
     let interval = record.interval();
-    if status.next_due_ms == 0 {
+    let first = status.next_due_ms == 0;
+    if first {
         status.next_due_ms = ms(schedule::first_due(now, &record.name(), interval));
     }
     let due = Duration::from_millis(status.next_due_ms);
     if !once && due > now {
-        // Keep the first due time stable across passes and restarts.
-        let _ = store.save_status(dir, &status);
+        if first {
+            // Keep the first due time stable across passes and restarts (and write nothing
+            // for a volume that simply waits).
+            let _ = store.save_status(dir, &status);
+        }
         return (Outcome::NotDue, Some(due));
     }
     let result = refresh_volume(refresh, record, &status);
