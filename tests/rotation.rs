@@ -195,7 +195,24 @@ fn agent_once_follows_the_vault_and_keeps_files_on_errors() {
     for text in [&out, &text, &node.log_text()] {
         assert!(!text.contains(SP_SECRET), "client secret leaked: {text}");
     }
-    assert!(node.log_text().contains("\"event\":\"rotation_failed\""));
+    // `kv logs --pod` tells the volume's rotation story: the switches, then the error.
+    let logs = std::process::Command::new(&node.kv)
+        .args(["logs", "--pod", "demo/demo-pod", "--file"])
+        .arg(&node.log)
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    let events: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split("\"event\":\"").nth(1)?.split('"').next())
+        .filter(|e| e.starts_with("rotation_"))
+        .collect();
+    assert_eq!(
+        events,
+        ["rotation_switched", "rotation_switched", "rotation_failed"],
+        "{logs}"
+    );
+    assert!(logs.contains("\"code\":\"KV404_NOT_FOUND\""), "{logs}");
 
     // The pod is gone (its tmpfs unmounted): the record is collected.
     let unmounted = node.ns.command("umount").arg(&dir).status().unwrap();

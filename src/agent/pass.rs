@@ -225,7 +225,12 @@ fn refresh_one(
                 status.last_switch = Some(now.as_secs());
                 crate::log::info("rotation_switched", fields());
             }
-            status.next_due_ms = ms(schedule::after_success(now, interval, random));
+            status.next_due_ms = ms(schedule::after_success(
+                now,
+                &record.name(),
+                interval,
+                random,
+            ));
             outcome
         }
         Err(e) => {

@@ -175,25 +175,36 @@ pub fn phase(name: &str, interval: Duration) -> Duration {
     scaled(interval, seed)
 }
 
-/// First refresh of a volume the agent has no status for: the next instant at or after `now`
-/// that is at its phase of the interval (so 500 volumes with one interval spread evenly over
-/// it), plus up to 5% of random jitter.
-pub fn first_due(now: Duration, name: &str, interval: Duration) -> Duration {
+/// The first instant at or after `t` that is at the volume's phase of the interval.
+fn at_phase(t: Duration, name: &str, interval: Duration) -> Duration {
     let i = interval.as_nanos().max(1);
     let offset = phase(name, interval).as_nanos();
-    let now_n = now.as_nanos();
-    let cycle_start = now_n - now_n % i;
-    let mut due = cycle_start + offset;
-    if due < now_n {
-        due += i;
+    let t = t.as_nanos();
+    let mut at = t - t % i + offset;
+    if at < t {
+        at += i;
     }
-    Duration::from_nanos(due as u64) + scaled(interval / 20, random_u64())
+    Duration::from_nanos(at as u64)
 }
 
-/// Next refresh after a successful one at `now`: one interval, less up to 10% of random jitter
-/// (never later than asked, and volumes that happened to align drift apart).
-pub fn after_success(now: Duration, interval: Duration, random: u64) -> Duration {
-    now + interval - scaled(interval / 10, random)
+/// Up to 5% of the interval, at random.
+fn jitter(interval: Duration, random: u64) -> Duration {
+    scaled(interval / 20, random)
+}
+
+/// First refresh of a volume the agent has no status for: the next instant at or after `now`
+/// that is at its phase of the interval (so 500 volumes with one interval spread evenly over
+/// it), plus jitter.
+pub fn first_due(now: Duration, name: &str, interval: Duration) -> Duration {
+    at_phase(now, name, interval) + jitter(interval, random_u64())
+}
+
+/// Next refresh after a successful one at `now`: the volume's next phase point at least half an
+/// interval away, plus jitter. A volume refreshed on time is refreshed again one interval later;
+/// one refreshed off its phase (`kv agent --once`, a retry) returns to it, so volumes stay spread
+/// however often an operator refreshes them all at once.
+pub fn after_success(now: Duration, name: &str, interval: Duration, random: u64) -> Duration {
+    at_phase(now + interval / 2, name, interval) + jitter(interval, random)
 }
 
 /// Next refresh after the `failures`-th failure in a row at `now`: [`FIRST_RETRY`] doubling per
@@ -352,12 +363,21 @@ mod tests {
     fn jitter_and_backoff_stay_in_bounds() {
         let now = Duration::from_secs(1000);
         let i = Duration::from_secs(120);
+        let name = crate::agent::record::name_of(std::path::Path::new("/v"));
+        let p = at_phase(now, &name, i);
         for r in [0, u64::MAX, 1 << 63, random_u64()] {
-            let next = after_success(now, i, r);
-            assert!(
-                next > now + i - i / 10 - Duration::from_secs(1) && next <= now + i,
-                "{next:?}"
-            );
+            // On time: one interval later. Off phase: back to the phase, at least i/2 away.
+            let next = after_success(p, &name, i, r);
+            assert!(next >= p + i && next <= p + i + i / 20, "{next:?}");
+            for off in [1, 30, 59, 61, 119] {
+                let t = p + Duration::from_secs(off);
+                let next = after_success(t, &name, i, r);
+                assert!(
+                    next >= t + i / 2 && next <= t + i + i / 2 + i / 20,
+                    "{off}: {next:?}"
+                );
+                assert!(at_phase(next - jitter(i, r), &name, i) == next - jitter(i, r));
+            }
             for failures in 1..=12 {
                 let d = after_failure(now, i, failures, r) - now;
                 let base = (FIRST_RETRY * (1 << (failures - 1).min(20))).min(i);
