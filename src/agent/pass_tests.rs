@@ -74,6 +74,20 @@ impl Volume {
         std::fs::read_to_string(self.fs.dir.join("tls.crt")).unwrap()
     }
 
+    /// How many version directories the volume holds.
+    fn versions_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("..2")
+            })
+            .count()
+    }
+
     fn version_dir(&self) -> String {
         layout::current(self.fs.root().as_fd()).unwrap().unwrap()
     }
@@ -140,13 +154,7 @@ fn a_change_switches_the_volume_and_nothing_else_does() {
     );
     assert_eq!(b.cert(), "cert 1");
     assert_eq!(b.version_dir(), vb);
-    let dirs = std::fs::read_dir(&a.fs.dir)
-        .unwrap()
-        .filter(|e| {
-            let n = e.as_ref().unwrap().file_name();
-            n.to_string_lossy().starts_with("..2")
-        })
-        .count();
+    let dirs = Volume::versions_in(&a.fs.dir);
     assert_eq!(
         dirs, 1,
         "the replaced version is removed after the grace period"
@@ -353,16 +361,7 @@ fn a_read_only_volume_is_switched_and_read_only_again() {
     run_pass(&store, &vault, ONCE, now()).unwrap();
     assert_eq!(a.cert(), "cert 3");
     assert!(read_only());
-    let versions = std::fs::read_dir(&a.fs.dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("..2")
-        })
-        .count();
+    let versions = Volume::versions_in(&a.fs.dir);
     assert_eq!(versions, 2, "the current one and the one just replaced");
 }
 
@@ -389,16 +388,7 @@ fn many_volumes_are_refreshed_once_each_by_the_workers() {
     );
     for (i, v) in volumes.iter().enumerate() {
         assert_eq!(v.cert(), format!("cert {}", 10 + i));
-        let versions = std::fs::read_dir(&v.fs.dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("..2")
-            })
-            .count();
+        let versions = Volume::versions_in(&v.fs.dir);
         assert_eq!(versions, 1, "{}", v.fs.dir.display());
         assert_eq!(store.load_status(&v.fs.dir).switches, 1);
     }
