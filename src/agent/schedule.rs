@@ -122,34 +122,22 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The interval of a volume with option `rotationpollinterval` = `option`; `None` when the
-    /// volume does not rotate. A value below the node's minimum is raised to it.
-    pub fn interval(&self, option: Option<&str>) -> Result<Option<Duration>> {
-        let asked = match option {
-            Some(text) => {
-                if !self.enabled {
-                    return Err(Error::new(
-                        crate::error::Code::Policy,
-                        "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
-                    ));
-                }
-                let d = parse_duration(text).map_err(|e| {
-                    Error::options(format!("rotationpollinterval: {}", e.message()))
-                })?;
-                if d.is_zero() {
-                    return Err(Error::options(
-                        "rotationpollinterval is 0: give an interval such as 2m, or remove the option",
-                    ));
-                }
-                d
-            }
-            None if self.enabled => match self.default_interval {
-                Some(d) => d,
-                None => return Ok(None),
-            },
-            None => return Ok(None),
-        };
-        Ok(Some(asked.max(self.min_interval)))
+    /// The interval of a volume whose `rotationpollinterval` is `asked` (parsed and non-zero,
+    /// [`crate::options::VolumeSpec::rotation_interval`]); `None` when the volume does not
+    /// rotate. A value below the node's minimum is raised to it.
+    pub fn interval(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
+        if !self.enabled {
+            return match asked {
+                Some(_) => Err(Error::new(
+                    crate::error::Code::Policy,
+                    "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
+                )),
+                None => Ok(None),
+            };
+        }
+        Ok(asked
+            .or(self.default_interval)
+            .map(|d| d.max(self.min_interval)))
     }
 }
 
@@ -282,49 +270,57 @@ mod tests {
 
     #[test]
     fn intervals_follow_the_node_policy() {
+        let s = Duration::from_secs;
         let p = Policy::default();
         assert_eq!(p.interval(None).unwrap(), None);
+        assert_eq!(p.interval(Some(s(120))).unwrap(), Some(s(120)));
         assert_eq!(
-            p.interval(Some("2m")).unwrap(),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            p.interval(Some("5s")).unwrap(),
-            Some(Duration::from_secs(30)),
+            p.interval(Some(s(5))).unwrap(),
+            Some(s(30)),
             "raised to the minimum"
         );
-        assert!(p
-            .interval(Some("0s"))
-            .unwrap_err()
-            .message()
-            .contains("is 0"));
-        assert!(p
-            .interval(Some("soon"))
-            .unwrap_err()
-            .message()
-            .starts_with("rotationpollinterval:"));
         let defaulted = Policy {
-            default_interval: Some(Duration::from_secs(600)),
-            min_interval: Duration::from_secs(60),
+            default_interval: Some(s(600)),
+            min_interval: s(60),
             ..Policy::default()
         };
-        assert_eq!(
-            defaulted.interval(None).unwrap(),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(
-            defaulted.interval(Some("30s")).unwrap(),
-            Some(Duration::from_secs(60))
-        );
+        assert_eq!(defaulted.interval(None).unwrap(), Some(s(600)));
+        assert_eq!(defaulted.interval(Some(s(30))).unwrap(), Some(s(60)));
         let off = Policy {
             enabled: false,
-            default_interval: Some(Duration::from_secs(600)),
+            default_interval: Some(s(600)),
             ..Policy::default()
         };
         assert_eq!(off.interval(None).unwrap(), None);
-        let e = off.interval(Some("2m")).unwrap_err();
+        let e = off.interval(Some(s(120))).unwrap_err();
         assert_eq!(e.code(), crate::error::Code::Policy);
         assert!(e.message().contains("rotation.enabled"), "{e}");
+    }
+
+    #[test]
+    fn the_option_is_validated_with_the_other_options() {
+        let parse = |v: &str| {
+            crate::options::VolumeSpec::parse(
+                &serde_json::json!({
+                    "keyvaultname": "kvdemo",
+                    "keyvaultobjectnames": "a",
+                    "keyvaultobjecttypes": "secret",
+                    "usepodidentity": "true",
+                    "kubernetes.io/pod.name": "p",
+                    "kubernetes.io/pod.namespace": "n",
+                    "RotationPollInterval": v,
+                })
+                .to_string(),
+            )
+        };
+        let spec = parse("1h30m").unwrap();
+        assert_eq!(spec.rotation_interval, Some(Duration::from_secs(5400)));
+        assert!(spec.unknown_keys.is_empty(), "{:?}", spec.unknown_keys);
+        for (bad, why) in [("soon", "rotationpollinterval: duration"), ("0s", "is 0")] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code(), crate::error::Code::Options);
+            assert!(e.message().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
