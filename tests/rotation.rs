@@ -381,3 +381,76 @@ fn timed_pass(node: &Node, state: &Path, want: &str) -> String {
         count("login.microsoftonline.com")
     )
 }
+
+/// Names in a volume's root: (version directories, whether `..data_tmp` is there).
+fn leftovers(node: &Node, dir: &Path) -> (usize, bool) {
+    let names: Vec<String> = std::fs::read_dir(node.ns.host_path(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    (
+        names.iter().filter(|n| n.starts_with("..2")).count(),
+        names.iter().any(|n| n == "..data_tmp"),
+    )
+}
+
+#[test]
+fn sigkill_of_the_agent_mid_pass_leaves_every_volume_old_or_new() {
+    const N: usize = 40;
+    let mut node = Node::new();
+    let state = node.root.join("state");
+    let dirs: Vec<std::path::PathBuf> = (0..N).map(|_| node.volume_dir("s")).collect();
+    mount_tmpfs(&node, &dirs, "64k");
+    for dir in &dirs {
+        make_rotating(&node, &state, dir, 120);
+    }
+    let mut values = vec!["stale".to_string()];
+    let mut interrupted = 0;
+    let mut seed = u64::from(std::process::id()) | 1;
+    for round in 0..6 {
+        let value = format!("value-{round}");
+        let mut s = scenario();
+        set_secret(&mut s, "db-password", Some(&value));
+        node.ns.restart_emulator(s).unwrap();
+        values.push(value);
+        let mut child = node
+            .ns
+            .command(&node.kv)
+            .args(["agent", "--once", "--concurrency", "4", "--state-dir"])
+            .arg(&state)
+            .env("KV_LOG_FILE", &node.log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(std::time::Duration::from_millis(50 + seed % 1500));
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Whatever the kill interrupted: every volume shows one complete version.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut left = false;
+        for dir in &dirs {
+            let got = String::from_utf8(node.file(dir, "db-password")).unwrap();
+            assert!(values.contains(&got), "{}: {got:?}", dir.display());
+            assert_eq!(node.file(dir, "latest"), b"new value");
+            assert_eq!(node.file(dir, "pinned"), b"old value");
+            seen.insert(got);
+            left |= leftovers(&node, dir) != (1, false);
+        }
+        // Killed between volumes, or between a switch and its clean-up.
+        if seen.len() > 1 || left {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted > 0, "no kill landed in the middle of a pass");
+    // The next pass completes the work and cleans up what the kills left.
+    let (out, code) = agent(&node, &state, &["--once"]);
+    assert_eq!(code, 0, "{out}");
+    for dir in &dirs {
+        assert_eq!(node.file(dir, "db-password"), b"value-5");
+        assert_eq!(leftovers(&node, dir), (1, false), "{}", dir.display());
+    }
+}
