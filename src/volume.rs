@@ -410,7 +410,7 @@ fn mount_in_place(dir: &Path, layout: &Layout) -> Result<()> {
 /// current version and the next one during a switch, with their links), plus room.
 fn nr_inodes(layout: &Layout) -> Result<u64> {
     if layout.rotating {
-        Ok(crate::agent::layout::needed(&layout.files)?.inodes * 2 + 64)
+        Ok(crate::agent::layout::room_for_rotation(&layout.files)?.inodes + 64)
     } else {
         Ok(layout.files.len() as u64 * 2 + 64)
     }

@@ -96,6 +96,16 @@ pub fn needed(files: &[VolumeFile]) -> Result<Budget> {
     })
 }
 
+/// What a rotating volume's tmpfs must hold (`size=`, `nr_inodes=`, before headroom): two
+/// versions at once, the one in place and the one being written.
+pub fn room_for_rotation(files: &[VolumeFile]) -> Result<Budget> {
+    let one = needed(files)?;
+    Ok(Budget {
+        bytes: one.bytes * 2,
+        inodes: one.inodes * 2,
+    })
+}
+
 /// The paths of a version, validated: every component a plain name that cannot collide with
 /// the `..` entries of the layout.
 struct Tree {

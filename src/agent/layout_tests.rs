@@ -147,6 +147,15 @@ fn a_version_that_does_not_fit_is_refused_before_anything_is_written() {
     write_initial(root.as_fd(), &first, PERMS, Budget::unlimited()).unwrap();
     let need = needed(&first).unwrap();
     assert_eq!(need.bytes, 6 * 8192, "5000 bytes take two pages each");
+    // Files, version dir, web/, four top-level links, ..data and ..data_tmp.
+    assert_eq!(need.inodes, 6 + 1 + 1 + 4 + 2);
+    assert_eq!(
+        room_for_rotation(&first).unwrap(),
+        Budget {
+            bytes: 2 * need.bytes,
+            inodes: 2 * need.inodes
+        }
+    );
     let small = Budget {
         bytes: need.bytes - 1,
         inodes: u64::MAX,

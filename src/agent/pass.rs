@@ -100,11 +100,10 @@ fn ms(d: Duration) -> u64 {
 
 /// A volume after its refresh.
 enum Outcome {
-    /// With the replaced version to remove after the grace period (the root stays open, and
-    /// writable, until then); `None` for a read-only volume, made read-only again at once (the
-    /// next pass's recover removes the old version).
+    /// With the replaced version to remove after the grace period; `None` for a read-only
+    /// volume, made read-only again at once (the next pass's recover removes the old version).
     Switched {
-        cleanup: Option<(VolumeRoot, String)>,
+        replaced: Option<String>,
     },
     Unchanged,
     Failed(Error),
@@ -151,9 +150,9 @@ pub fn run_pass(
             report.next_due = Some(report.next_due.map_or(due, |d: Duration| d.min(due)));
         }
         match outcome {
-            Outcome::Switched { cleanup } => {
-                if let Some((root, old)) = cleanup {
-                    replaced.push((dir.clone(), root, old));
+            Outcome::Switched { replaced: old } => {
+                if let Some(old) = old {
+                    replaced.push((dir.clone(), old));
                 }
                 report.switched.push(dir);
             }
@@ -165,8 +164,8 @@ pub fn run_pass(
     }
     if !replaced.is_empty() {
         std::thread::sleep(opts.grace);
-        for (dir, root, old) in replaced {
-            if let Err(e) = layout::remove_version(root.fd(), &old) {
+        for (dir, old) in replaced {
+            if let Err(e) = remove_replaced(&dir, &old) {
                 // recover() removes it before the volume's next switch.
                 report.problems.push(format!("{}: {e}", dir.display()));
             }
@@ -203,13 +202,17 @@ fn refresh_one(
     }
     let mut status = store.load_status(dir);
     let interval = record.interval();
-    if status.next_due_ms == 0 {
+    let first = status.next_due_ms == 0;
+    if first {
         status.next_due_ms = ms(schedule::first_due(now, &record.name(), interval));
     }
     let due = Duration::from_millis(status.next_due_ms);
     if !once && due > now {
-        // Keep the first due time stable across passes and restarts.
-        let _ = store.save_status(dir, &status);
+        if first {
+            // Keep the first due time stable across passes and restarts (and write nothing
+            // for a volume that simply waits).
+            let _ = store.save_status(dir, &status);
+        }
         return (Outcome::NotDue, Some(due));
     }
     let result = refresh_volume(refresh, record, &status);
@@ -224,7 +227,12 @@ fn refresh_one(
                 status.last_switch = Some(now.as_secs());
                 crate::log::info("rotation_switched", fields());
             }
-            status.next_due_ms = ms(schedule::after_success(now, interval, random));
+            status.next_due_ms = ms(schedule::after_success(
+                now,
+                &record.name(),
+                interval,
+                random,
+            ));
             outcome
         }
         Err(e) => {
@@ -316,11 +324,20 @@ fn refresh_volume(
     };
     let budget = Budget::available(root.fd())?;
     let switched = layout::switch(root.fd(), files, perms, budget)?;
-    let cleanup = match switched.replaced {
-        Some(old) if !root.reprotects() => Some((root, old)),
-        _ => None,
-    };
-    Ok((Outcome::Switched { cleanup }, fetched.versions))
+    let replaced = switched.replaced.filter(|_| !root.reprotects());
+    Ok((Outcome::Switched { replaced }, fetched.versions))
+}
+
+/// Removes a replaced version after the grace period. The volume is reopened (under its lock,
+/// if still mounted) rather than kept open meanwhile: a pass that switches 500 volumes would
+/// otherwise hold 500 descriptors, and each would keep its tmpfs busy for an unmount.
+fn remove_replaced(dir: &std::path::Path, old: &str) -> Result<()> {
+    let _lock = crate::volume::lock(dir)?;
+    if !is_live(dir)? {
+        return Ok(());
+    }
+    let root = VolumeRoot::open(dir, false)?;
+    layout::remove_version(root.fd(), old)
 }
 
 /// The agent: passes until `stop` is set, sleeping until the next volume is due (at most

@@ -76,6 +76,20 @@ impl Volume {
         std::fs::read_to_string(self.fs.dir.join("tls.crt")).unwrap()
     }
 
+    /// How many version directories the volume holds.
+    fn versions_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("..2")
+            })
+            .count()
+    }
+
     fn version_dir(&self) -> String {
         layout::current(self.fs.root().as_fd()).unwrap().unwrap()
     }
@@ -142,13 +156,7 @@ fn a_change_switches_the_volume_and_nothing_else_does() {
     );
     assert_eq!(b.cert(), "cert 1");
     assert_eq!(b.version_dir(), vb);
-    let dirs = std::fs::read_dir(&a.fs.dir)
-        .unwrap()
-        .filter(|e| {
-            let n = e.as_ref().unwrap().file_name();
-            n.to_string_lossy().starts_with("..2")
-        })
-        .count();
+    let dirs = Volume::versions_in(&a.fs.dir);
     assert_eq!(
         dirs, 1,
         "the replaced version is removed after the grace period"
@@ -315,7 +323,7 @@ fn volumes_wait_for_their_due_time_unless_once() {
     );
     let next = r.next_due.unwrap();
     assert!(
-        next >= due + Duration::from_secs(108) && next <= due + Duration::from_secs(120),
+        next >= due + Duration::from_secs(114) && next <= due + Duration::from_secs(126),
         "{next:?}"
     );
     run_pass(&store, &vault, ONCE, due).unwrap();
@@ -357,15 +365,45 @@ fn a_read_only_volume_is_switched_and_read_only_again() {
     run_pass(&store, &vault, ONCE, now()).unwrap();
     assert_eq!(a.cert(), "cert 3");
     assert!(read_only());
-    let versions = std::fs::read_dir(&a.fs.dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("..2")
-        })
-        .count();
+    let versions = Volume::versions_in(&a.fs.dir);
     assert_eq!(versions, 2, "the current one and the one just replaced");
+}
+
+#[test]
+fn many_volumes_are_refreshed_once_each_by_the_workers() {
+    let (_state, store, vault) = setup("pass-many");
+    let volumes: Vec<Volume> = (0..100)
+        .map(|i| Volume::new(&store, &vault, &format!("pass-many-{i}"), 256 << 10))
+        .collect();
+    let r = run_pass(&store, &vault, ONCE, now()).unwrap();
+    assert_eq!(
+        (r.unchanged.len(), vault.calls.load(Ordering::SeqCst)),
+        (100, 100)
+    );
+    for (i, v) in volumes.iter().enumerate() {
+        vault.set(&v.fs.dir, Ok((10 + i as u64, "v2")));
+    }
+    let r = run_pass(&store, &vault, ONCE, now()).unwrap();
+    assert_eq!(
+        (r.switched.len(), r.failed.len()),
+        (100, 0),
+        "{:?}",
+        r.failed
+    );
+    for (i, v) in volumes.iter().enumerate() {
+        assert_eq!(v.cert(), format!("cert {}", 10 + i));
+        let versions = Volume::versions_in(&v.fs.dir);
+        assert_eq!(versions, 1, "{}", v.fs.dir.display());
+        assert_eq!(store.load_status(&v.fs.dir).switches, 1);
+    }
+    // Their next refreshes are spread over the interval, not bunched.
+    let dues: std::collections::BTreeSet<u64> = volumes
+        .iter()
+        .map(|v| store.load_status(&v.fs.dir).next_due_ms / 1000)
+        .collect();
+    assert!(
+        dues.len() >= 5,
+        "next refreshes bunched in {} seconds",
+        dues.len()
+    );
 }

@@ -510,6 +510,34 @@ mod tests {
     }
 
     #[test]
+    fn a_mounted_volume_is_recorded_from_its_spec() {
+        let json = r#"{"keyvaultname":"kvdemo","keyvaultobjectnames":"s","keyvaultobjecttypes":"secret",
+            "tenantid":"contoso.onmicrosoft.com","kubernetes.io/secret/clientid":"aWQ=","kubernetes.io/secret/clientsecret":"c2VjcmV0",
+            "kubernetes.io/pod.uid":"u-9","kubernetes.io/pod.namespace":"ns","kubernetes.io/pod.name":"p",
+            "kubernetes.io/serviceAccount.name":"sa","kubernetes.io/readwrite":"ro"}"#;
+        let spec = crate::options::VolumeSpec::parse(json).unwrap();
+        let dir = Path::new("/k/pods/u-9/volumes/azure~kv/v");
+        let r = Record::for_volume(dir, json, &spec, std::time::Duration::from_secs(90));
+        assert_eq!(r.dir, dir);
+        assert_eq!(
+            (
+                r.pod.uid.as_deref(),
+                r.pod.namespace.as_deref(),
+                r.pod.name.as_deref(),
+                r.pod.service_account.as_deref()
+            ),
+            (Some("u-9"), Some("ns"), Some("p"), Some("sa"))
+        );
+        assert_eq!(
+            (r.options.as_str(), r.interval_secs, r.read_only),
+            (json, 90, true)
+        );
+        assert_eq!(r.identity, "service principal id");
+        assert_eq!(r.pod_label(), "ns/p");
+        assert_eq!(r.name(), name_of(dir));
+    }
+
+    #[test]
     fn foreign_corrupt_and_linked_files_are_reported_not_trusted() {
         let tmp = TempDir::new("record-corrupt");
         let store = Store::new(&tmp.0);

@@ -122,34 +122,22 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The interval of a volume with option `rotationpollinterval` = `option`; `None` when the
-    /// volume does not rotate. A value below the node's minimum is raised to it.
-    pub fn interval(&self, option: Option<&str>) -> Result<Option<Duration>> {
-        let asked = match option {
-            Some(text) => {
-                if !self.enabled {
-                    return Err(Error::new(
-                        crate::error::Code::Policy,
-                        "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
-                    ));
-                }
-                let d = parse_duration(text).map_err(|e| {
-                    Error::options(format!("rotationpollinterval: {}", e.message()))
-                })?;
-                if d.is_zero() {
-                    return Err(Error::options(
-                        "rotationpollinterval is 0: give an interval such as 2m, or remove the option",
-                    ));
-                }
-                d
-            }
-            None if self.enabled => match self.default_interval {
-                Some(d) => d,
-                None => return Ok(None),
-            },
-            None => return Ok(None),
-        };
-        Ok(Some(asked.max(self.min_interval)))
+    /// The interval of a volume whose `rotationpollinterval` is `asked` (parsed and non-zero,
+    /// [`crate::options::VolumeSpec::rotation_interval`]); `None` when the volume does not
+    /// rotate. A value below the node's minimum is raised to it.
+    pub fn interval(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
+        if !self.enabled {
+            return match asked {
+                Some(_) => Err(Error::new(
+                    crate::error::Code::Policy,
+                    "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
+                )),
+                None => Ok(None),
+            };
+        }
+        Ok(asked
+            .or(self.default_interval)
+            .map(|d| d.max(self.min_interval)))
     }
 }
 
@@ -175,25 +163,36 @@ pub fn phase(name: &str, interval: Duration) -> Duration {
     scaled(interval, seed)
 }
 
-/// First refresh of a volume the agent has no status for: the next instant at or after `now`
-/// that is at its phase of the interval (so 500 volumes with one interval spread evenly over
-/// it), plus up to 5% of random jitter.
-pub fn first_due(now: Duration, name: &str, interval: Duration) -> Duration {
+/// The first instant at or after `t` that is at the volume's phase of the interval.
+fn at_phase(t: Duration, name: &str, interval: Duration) -> Duration {
     let i = interval.as_nanos().max(1);
     let offset = phase(name, interval).as_nanos();
-    let now_n = now.as_nanos();
-    let cycle_start = now_n - now_n % i;
-    let mut due = cycle_start + offset;
-    if due < now_n {
-        due += i;
+    let t = t.as_nanos();
+    let mut at = t - t % i + offset;
+    if at < t {
+        at += i;
     }
-    Duration::from_nanos(due as u64) + scaled(interval / 20, random_u64())
+    Duration::from_nanos(at as u64)
 }
 
-/// Next refresh after a successful one at `now`: one interval, less up to 10% of random jitter
-/// (never later than asked, and volumes that happened to align drift apart).
-pub fn after_success(now: Duration, interval: Duration, random: u64) -> Duration {
-    now + interval - scaled(interval / 10, random)
+/// Up to 5% of the interval, at random.
+fn jitter(interval: Duration, random: u64) -> Duration {
+    scaled(interval / 20, random)
+}
+
+/// First refresh of a volume the agent has no status for: the next instant at or after `now`
+/// that is at its phase of the interval (so 500 volumes with one interval spread evenly over
+/// it), plus jitter.
+pub fn first_due(now: Duration, name: &str, interval: Duration) -> Duration {
+    at_phase(now, name, interval) + jitter(interval, random_u64())
+}
+
+/// Next refresh after a successful one at `now`: the volume's next phase point at least half an
+/// interval away, plus jitter. A volume refreshed on time is refreshed again one interval later;
+/// one refreshed off its phase (`kv agent --once`, a retry) returns to it, so volumes stay spread
+/// however often an operator refreshes them all at once.
+pub fn after_success(now: Duration, name: &str, interval: Duration, random: u64) -> Duration {
+    at_phase(now + interval / 2, name, interval) + jitter(interval, random)
 }
 
 /// Next refresh after the `failures`-th failure in a row at `now`: [`FIRST_RETRY`] doubling per
@@ -271,49 +270,57 @@ mod tests {
 
     #[test]
     fn intervals_follow_the_node_policy() {
+        let s = Duration::from_secs;
         let p = Policy::default();
         assert_eq!(p.interval(None).unwrap(), None);
+        assert_eq!(p.interval(Some(s(120))).unwrap(), Some(s(120)));
         assert_eq!(
-            p.interval(Some("2m")).unwrap(),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            p.interval(Some("5s")).unwrap(),
-            Some(Duration::from_secs(30)),
+            p.interval(Some(s(5))).unwrap(),
+            Some(s(30)),
             "raised to the minimum"
         );
-        assert!(p
-            .interval(Some("0s"))
-            .unwrap_err()
-            .message()
-            .contains("is 0"));
-        assert!(p
-            .interval(Some("soon"))
-            .unwrap_err()
-            .message()
-            .starts_with("rotationpollinterval:"));
         let defaulted = Policy {
-            default_interval: Some(Duration::from_secs(600)),
-            min_interval: Duration::from_secs(60),
+            default_interval: Some(s(600)),
+            min_interval: s(60),
             ..Policy::default()
         };
-        assert_eq!(
-            defaulted.interval(None).unwrap(),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(
-            defaulted.interval(Some("30s")).unwrap(),
-            Some(Duration::from_secs(60))
-        );
+        assert_eq!(defaulted.interval(None).unwrap(), Some(s(600)));
+        assert_eq!(defaulted.interval(Some(s(30))).unwrap(), Some(s(60)));
         let off = Policy {
             enabled: false,
-            default_interval: Some(Duration::from_secs(600)),
+            default_interval: Some(s(600)),
             ..Policy::default()
         };
         assert_eq!(off.interval(None).unwrap(), None);
-        let e = off.interval(Some("2m")).unwrap_err();
+        let e = off.interval(Some(s(120))).unwrap_err();
         assert_eq!(e.code(), crate::error::Code::Policy);
         assert!(e.message().contains("rotation.enabled"), "{e}");
+    }
+
+    #[test]
+    fn the_option_is_validated_with_the_other_options() {
+        let parse = |v: &str| {
+            crate::options::VolumeSpec::parse(
+                &serde_json::json!({
+                    "keyvaultname": "kvdemo",
+                    "keyvaultobjectnames": "a",
+                    "keyvaultobjecttypes": "secret",
+                    "usepodidentity": "true",
+                    "kubernetes.io/pod.name": "p",
+                    "kubernetes.io/pod.namespace": "n",
+                    "RotationPollInterval": v,
+                })
+                .to_string(),
+            )
+        };
+        let spec = parse("1h30m").unwrap();
+        assert_eq!(spec.rotation_interval, Some(Duration::from_secs(5400)));
+        assert!(spec.unknown_keys.is_empty(), "{:?}", spec.unknown_keys);
+        for (bad, why) in [("soon", "rotationpollinterval: duration"), ("0s", "is 0")] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code(), crate::error::Code::Options);
+            assert!(e.message().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -352,12 +359,21 @@ mod tests {
     fn jitter_and_backoff_stay_in_bounds() {
         let now = Duration::from_secs(1000);
         let i = Duration::from_secs(120);
+        let name = crate::agent::record::name_of(std::path::Path::new("/v"));
+        let p = at_phase(now, &name, i);
         for r in [0, u64::MAX, 1 << 63, random_u64()] {
-            let next = after_success(now, i, r);
-            assert!(
-                next > now + i - i / 10 - Duration::from_secs(1) && next <= now + i,
-                "{next:?}"
-            );
+            // On time: one interval later. Off phase: back to the phase, at least i/2 away.
+            let next = after_success(p, &name, i, r);
+            assert!(next >= p + i && next <= p + i + i / 20, "{next:?}");
+            for off in [1, 30, 59, 61, 119] {
+                let t = p + Duration::from_secs(off);
+                let next = after_success(t, &name, i, r);
+                assert!(
+                    next >= t + i / 2 && next <= t + i + i / 2 + i / 20,
+                    "{off}: {next:?}"
+                );
+                assert!(at_phase(next - jitter(i, r), &name, i) == next - jitter(i, r));
+            }
             for failures in 1..=12 {
                 let d = after_failure(now, i, failures, r) - now;
                 let base = (FIRST_RETRY * (1 << (failures - 1).min(20))).min(i);

@@ -44,9 +44,7 @@ pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
 /// `rotation.defaultInterval`, raised to `rotation.minInterval`; `None` when it does not rotate.
 /// A Failure when the volume asks for rotation on a node that turns it off.
 pub fn rotation(spec: &VolumeSpec, config: &NodeConfig) -> Result<Option<std::time::Duration>> {
-    config
-        .rotation()
-        .interval(spec.rotation_poll_interval.as_deref())
+    config.rotation().interval(spec.rotation_interval)
 }
 
 /// Workload identity reads the pod's own projected token, found from the mount dir kubelet gave
