@@ -254,6 +254,10 @@ fn mount_writes_the_switch_layout_and_a_root_only_record() {
         text.contains("next refresh: at the agent's next pass"),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("current:      {version}\n")),
+        "{text}"
+    );
     assert!(!text.contains(&b64(SP_SECRET)) && !text.contains(SP_SECRET));
 
     // A volume without rotation keeps plain files and gets no record.
@@ -352,6 +356,7 @@ fn agent_once_follows_the_vault_and_keeps_files_on_errors() {
     );
     let st = rot.status_of(&dir);
     assert_eq!(st["status"]["switches"], 1);
+    assert_eq!(st["current"], json!(second));
     assert!(st["status"]["last_success"].as_u64().is_some());
 
     // Each failure keeps the files exactly as they are and is reported.

@@ -157,7 +157,16 @@ fn status_json(record: &Record, st: &Status) -> serde_json::Value {
         "interval_secs": record.interval_secs,
         "read_only": record.read_only,
         "status": st,
+        "current": current_version(&record.dir),
     })
+}
+
+/// The version directory the volume's `..data` names: what the pod reads now (the link itself
+/// is read, never followed).
+fn current_version(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_link(dir.join(crate::agent::layout::DATA))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 fn when(secs: Option<u64>, now: Duration) -> String {
@@ -202,6 +211,10 @@ fn status_text(record: &Record, st: &Status, now: Duration) -> String {
             st.failures
         ));
     }
+    out.push_str(&format!(
+        "  current:      {}\n",
+        current_version(&record.dir).unwrap_or_else(|| "none (no ..data in the volume)".into())
+    ));
     if !st.versions.is_empty() {
         let v: Vec<String> = st
             .versions
