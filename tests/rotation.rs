@@ -957,3 +957,37 @@ fn timed_pass(rot: &Rot, want: &str) -> String {
         count("imds")
     )
 }
+
+#[test]
+fn a_read_only_volume_rotates_and_stays_read_only() {
+    let mut rot = Rot::new();
+    let dir = rot.node.volume_dir("ro");
+    let options =
+        sp_options(json!({"rotationpollinterval": "1m", "kubernetes.io/readwrite": "ro"}));
+    rot.node.mount(&dir, options).assert_success();
+    let read_only = |rot: &Rot| {
+        let want = dir.to_string_lossy().to_string();
+        let info = rot.node.ns.mountinfo();
+        let line = info
+            .lines()
+            .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            .unwrap();
+        let mount_opts = line.split(' ').nth(5).unwrap();
+        let super_opts = line.rsplit(' ').next().unwrap();
+        mount_opts.split(',').any(|o| o == "ro") || super_opts.split(',').any(|o| o == "ro")
+    };
+    assert!(read_only(&rot));
+    rot.set_secret("db-password", Some("rotated-read-only"));
+    let (out, code) = rot.agent(&["--once"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("switched   "), "{out}");
+    assert_eq!(rot.node.file(&dir, "db-password"), b"rotated-read-only");
+    assert!(read_only(&rot), "read-only again after the switch");
+    assert_eq!(rot.status_of(&dir)["read_only"], true);
+    // The replaced version is gone by the next pass at the latest.
+    let (out, code) = rot.agent(&["--once"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rot.versions_on_disk(&dir), (vec![rot.version(&dir)], false));
+    assert!(read_only(&rot));
+    rot.node.unmount(&dir).assert_success();
+}
