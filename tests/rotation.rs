@@ -896,9 +896,11 @@ fn five_hundred_volumes_fit_in_one_interval() {
     let first = timed_pass(&rot, &format!("{N} switched, 0 unchanged"));
     let second = timed_pass(&rot, &format!("0 switched, {N} unchanged"));
     if let Some(path) = std::env::var_os("KV_ROTATION_FIGURES") {
+        // The long-running agent, as deployed: its CPU over part of the interval.
+        let running = timed_loop(&rot, Duration::from_secs(30));
         std::fs::write(
             path,
-            format!("switching pass: {first}\nunchanged pass: {second}\n"),
+            format!("switching pass: {first}\nunchanged pass: {second}\nkv agent for {running}\n"),
         )
         .unwrap();
     }
@@ -915,6 +917,47 @@ fn five_hundred_volumes_fit_in_one_interval() {
     for dir in dirs.iter().step_by(50) {
         assert_eq!(rot.node.file(dir, "db-password"), b"rotated-at-scale");
     }
+}
+
+/// `kv agent` (the loop) for `span`: its CPU (from /proc), peak RSS and requests.
+fn timed_loop(rot: &Rot, span: Duration) -> String {
+    rot.node.ns.clear_request_log();
+    let mut agent = rot.spawn_agent(&[]);
+    let stat = || {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", agent.id())).unwrap();
+        let after_comm = &text[text.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after_comm
+            .split(' ')
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime (fields 14 and 15 of stat, 11 and 12 after the command).
+        (f[11], f[12])
+    };
+    std::thread::sleep(span);
+    let (user, sys) = stat();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let pid = rustix::process::Pid::from_raw(agent.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(agent.wait().unwrap().success());
+    let requests = rot.node.ns.request_log();
+    let tick = 100.0; // USER_HZ
+    format!(
+        "{}s: user {:.2}s sys {:.2}s maxrss {hwm}, requests {} (keyvault {})",
+        span.as_secs(),
+        user as f64 / tick,
+        sys as f64 / tick,
+        requests.len(),
+        requests
+            .iter()
+            .filter(|r| r["endpoint"] == "keyvault")
+            .count()
+    )
 }
 
 /// One `kv agent --once` under /usr/bin/time; returns its figures and request counts.

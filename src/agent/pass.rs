@@ -10,7 +10,7 @@
 
 use super::layout::{self, Budget, Perms};
 use super::record::{LastError, Record, Status, Store};
-use super::root::{is_live, VolumeRoot};
+use super::root::{is_live, Mounts, VolumeRoot};
 use super::schedule;
 use crate::error::{Code, Error, Result};
 use crate::volume::Layout;
@@ -127,6 +127,9 @@ pub fn run_pass(
         crate::log::warn("rotation_record_skipped", json!({"problem": p}));
     }
     let records = loaded.records;
+    // Which volumes are still mounted, from one reading of the mount table; a volume that is
+    // refreshed or collected is checked again under its lock.
+    let mounts = Mounts::read()?;
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(PathBuf, Outcome, Option<Duration>)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -134,7 +137,7 @@ pub fn run_pass(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(record) = records.get(i) else { break };
-                let (outcome, due) = refresh_one(store, refresh, record, opts.once, now);
+                let (outcome, due) = refresh_one(store, refresh, record, &mounts, opts.once, now);
                 if let Ok(mut o) = outcomes.lock() {
                     o.push((record.dir.clone(), outcome, due));
                 }
@@ -179,26 +182,23 @@ fn refresh_one(
     store: &Store,
     refresh: &dyn Refresh,
     record: &Record,
+    mounts: &Mounts,
     once: bool,
     now: Duration,
 ) -> (Outcome, Option<Duration>) {
     let dir = &record.dir;
     // `pod` and `pod_uid` as a mount logs them: `kv logs --pod` shows the rotation history.
     let fields = || json!({"volume": dir.to_string_lossy(), "pod": record.pod_label(), "pod_uid": record.pod.uid});
-    match is_live(dir) {
-        Ok(true) => {}
-        Ok(false) => {
-            return match collect(store, dir) {
-                Ok(true) => {
-                    crate::log::info("rotation_record_collected", fields());
-                    (Outcome::Collected, None)
-                }
-                // Mounted again meanwhile: refreshed on a later pass.
-                Ok(false) => (Outcome::NotDue, None),
-                Err(e) => (Outcome::Failed(e), None),
-            };
-        }
-        Err(e) => return (Outcome::Failed(e), None),
+    if !mounts.is_live(dir) {
+        return match collect(store, dir) {
+            Ok(true) => {
+                crate::log::info("rotation_record_collected", fields());
+                (Outcome::Collected, None)
+            }
+            // Mounted again meanwhile: refreshed on a later pass.
+            Ok(false) => (Outcome::NotDue, None),
+            Err(e) => (Outcome::Failed(e), None),
+        };
     }
     let mut status = store.load_status(dir);
     let interval = record.interval();

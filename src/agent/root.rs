@@ -18,24 +18,43 @@ use std::path::{Path, PathBuf};
 /// Whether `dir` is still a volume of kv's: the topmost mount there is a tmpfs with source
 /// `kv`. A missing dir is not.
 pub fn is_live(dir: &Path) -> Result<bool> {
-    let table = std::fs::read("/proc/self/mountinfo").map_err(|e| {
-        Error::new(
-            Code::Mount,
-            format!("cannot read /proc/self/mountinfo: {e}"),
-        )
-    })?;
-    let want = escape_mountinfo(dir.as_os_str().as_bytes());
-    let top = table
-        .split(|b| *b == b'\n')
-        .rfind(|line| line.split(|b| *b == b' ').nth(4) == Some(&want[..]));
-    let Some(line) = top else { return Ok(false) };
-    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-    Ok(match fields.iter().position(|f| *f == b"-") {
-        Some(i) => {
-            fields.get(i + 1) == Some(&&b"tmpfs"[..]) && fields.get(i + 2) == Some(&&b"kv"[..])
+    Ok(Mounts::read()?.is_live(dir))
+}
+
+/// One reading of this process's mount table. A pass checks every recorded volume against one
+/// reading instead of reading the table once per volume: with 500 volumes the table has 500+
+/// lines, and the kernel formats all of it for every read.
+pub struct Mounts(Vec<u8>);
+
+impl Mounts {
+    /// Reads `/proc/self/mountinfo`.
+    pub fn read() -> Result<Mounts> {
+        std::fs::read("/proc/self/mountinfo")
+            .map(Mounts)
+            .map_err(|e| {
+                Error::new(
+                    Code::Mount,
+                    format!("cannot read /proc/self/mountinfo: {e}"),
+                )
+            })
+    }
+
+    /// Whether the topmost mount at `dir` is a tmpfs with source `kv`.
+    pub fn is_live(&self, dir: &Path) -> bool {
+        let want = escape_mountinfo(dir.as_os_str().as_bytes());
+        let top = self
+            .0
+            .split(|b| *b == b'\n')
+            .rfind(|line| line.split(|b| *b == b' ').nth(4) == Some(&want[..]));
+        let Some(line) = top else { return false };
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+        match fields.iter().position(|f| *f == b"-") {
+            Some(i) => {
+                fields.get(i + 1) == Some(&&b"tmpfs"[..]) && fields.get(i + 2) == Some(&&b"kv"[..])
+            }
+            None => false,
         }
-        None => false,
-    })
+    }
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
