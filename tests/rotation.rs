@@ -260,6 +260,20 @@ fn mount_writes_the_switch_layout_and_a_root_only_record() {
     );
     assert!(!text.contains(&b64(SP_SECRET)) && !text.contains(SP_SECRET));
 
+    // A mount killed after attaching the tmpfs but before saving the record is retried by
+    // kubelet: the repeated call saves it.
+    let saved = std::fs::read(&record_path).unwrap();
+    std::fs::remove_file(&record_path).unwrap();
+    node.mount(&dir, sp_options(json!({"rotationpollinterval": "500ms"})))
+        .assert_success();
+    assert_eq!(rot.version(&dir), version, "not mounted again");
+    let again: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let saved: Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(
+        (&again["dir"], &again["options"]),
+        (&saved["dir"], &saved["options"])
+    );
+
     // A volume without rotation keeps plain files and gets no record.
     let plain = node.volume_dir("plain");
     node.mount(&plain, sp_options(json!({}))).assert_success();

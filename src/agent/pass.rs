@@ -26,6 +26,11 @@ use std::time::Duration;
 pub const OLD_VERSION_GRACE: Duration = Duration::from_secs(2);
 /// The longest the agent sleeps between passes, so new records are picked up promptly.
 pub const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// The shortest time between the starts of two passes. Every pass reads every record and
+/// status; with 500 volumes spread over a 2-minute interval one falls due every 240 ms, and a
+/// pass per volume would cost more than the refreshes. Volumes due within this gap are
+/// refreshed together, at most this much late (intervals are at least 1 s, normally 30 s).
+pub const MIN_PASS_GAP: Duration = Duration::from_secs(1);
 
 /// A fresh fetch of a volume.
 pub struct Fetched {
@@ -369,6 +374,7 @@ pub fn run(
                     .next_due
                     .unwrap_or(started + MAX_SLEEP)
                     .min(now() + MAX_SLEEP)
+                    .max(started + MIN_PASS_GAP)
             }
             Err(e) => {
                 crate::log::error(

@@ -71,9 +71,13 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
     if volume::already_mounted(dir)? {
-        // kubelet normally checks this itself; a repeated call must not refetch.
+        // kubelet normally checks this itself; a repeated call must not refetch. It does save
+        // the record again: a mount killed between attaching and saving is retried this way.
         crate::log::info("already_mounted", json!({}));
-        return Ok(());
+        return match rotation {
+            Some(interval) => save_record(dir, json, &spec, interval, config),
+            None => Ok(()),
+        };
     }
     let fetched = pipeline::fetch(&spec, &cloud, config, deadline)?;
     let layout = pipeline::layout(&spec, fetched, config)?;
@@ -88,10 +92,9 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     }
     volume::mount(dir, &layout)?;
     if let Some(interval) = rotation {
-        // What `kv agent` needs to refresh the volume. Without it the pod would never rotate:
-        // the mount fails rather than quietly giving less than the pod asked for.
-        let record = Record::for_volume(dir, json, &spec, interval);
-        if let Err(e) = Store::new(config.state_dir()).save(&record) {
+        // Without its record the pod would never rotate: the mount fails rather than quietly
+        // giving less than the pod asked for.
+        if let Err(e) = save_record(dir, json, &spec, interval, config) {
             let _ = volume::unmount(dir);
             return Err(e);
         }
@@ -101,6 +104,17 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
         json!({"files": layout.files.len(), "tmpfs_bytes": layout.size, "rotation_secs": rotation.map(|d| d.as_secs())}),
     );
     Ok(())
+}
+
+/// Saves what `kv agent` needs to refresh the volume (root-only, under the node's state dir).
+fn save_record(
+    dir: &Path,
+    json: &str,
+    spec: &VolumeSpec,
+    interval: std::time::Duration,
+    config: &NodeConfig,
+) -> Result<()> {
+    Store::new(config.state_dir()).save(&Record::for_volume(dir, json, spec, interval))
 }
 
 fn log_context(dir: &Path, spec: &VolumeSpec) {
