@@ -63,6 +63,21 @@ pub struct Policy {
     pub workload_identities: Option<BTreeMap<String, Vec<String>>>,
 }
 
+/// Rotation of mounted volumes by `kv agent` (`rotation` in `kv.json`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotationConfig {
+    /// `false`: the option `rotationpollinterval` is refused on this node (default true).
+    pub enabled: Option<bool>,
+    /// Interval (Go duration) of every volume that does not set `rotationpollinterval`.
+    pub default_interval: Option<String>,
+    /// Smallest interval (Go duration, default 30s): smaller ones are raised to it.
+    pub min_interval: Option<String>,
+}
+
+/// Default state directory (volume records for `kv agent`): on `/run`, memory-backed.
+pub const DEFAULT_STATE_DIR: &str = "/run/kv";
+
 /// The `kv.json` key that allows node identities, named in refusals.
 pub const NODE_IDENTITIES_KEY: &str = "policy.nodeIdentities";
 
@@ -86,6 +101,10 @@ pub struct NodeConfig {
     pub log: Option<LogConfig>,
     /// Policy.
     pub policy: Option<Policy>,
+    /// Rotation.
+    pub rotation: Option<RotationConfig>,
+    /// Where kv keeps node state (rotation records): root-only, memory-backed.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -193,7 +212,56 @@ impl NodeConfig {
             crate::cloud::Cloud::resolve(cloud, config.custom_cloud.as_ref())
                 .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
         }
+        config.try_rotation()?;
+        if config.state_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(Error::new(
+                Code::Config,
+                "stateDir must be an absolute path",
+            ));
+        }
         Ok(config)
+    }
+
+    /// The node's rotation settings, checked (see [`NodeConfig::rotation`]).
+    fn try_rotation(&self) -> Result<crate::agent::schedule::Policy> {
+        use crate::agent::schedule::{parse_duration, Policy};
+        let mut policy = Policy::default();
+        let Some(r) = &self.rotation else {
+            return Ok(policy);
+        };
+        let duration = |key: &str, text: &str| {
+            let d = parse_duration(text).map_err(|e| {
+                Error::new(Code::Config, format!("rotation.{key}: {}", e.message()))
+            })?;
+            if d.is_zero() {
+                return Err(Error::new(
+                    Code::Config,
+                    format!("rotation.{key} must be above 0"),
+                ));
+            }
+            Ok(d)
+        };
+        policy.enabled = r.enabled.unwrap_or(true);
+        if let Some(t) = &r.min_interval {
+            policy.min_interval = duration("minInterval", t)?;
+        }
+        if let Some(t) = &r.default_interval {
+            policy.default_interval = Some(duration("defaultInterval", t)?);
+        }
+        Ok(policy)
+    }
+
+    /// The node's rotation settings: `rotation.enabled`, `rotation.defaultInterval`,
+    /// `rotation.minInterval` (checked when the file is parsed).
+    pub fn rotation(&self) -> crate::agent::schedule::Policy {
+        self.try_rotation().unwrap_or_default()
+    }
+
+    /// Where kv keeps node state: `stateDir`, default [`DEFAULT_STATE_DIR`].
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
     }
 
     /// The cloud of a volume: its `cloudname` option, else this node's default, else public Azure.
@@ -405,6 +473,46 @@ mod tests {
         assert_eq!(c.tmpfs_max_bytes(), 1 << 20);
         assert_eq!(c.log_path(None), PathBuf::from("/tmp/l"));
         assert_eq!(c.log_max_bytes(), 100);
+    }
+
+    #[test]
+    fn rotation_and_state_dir() {
+        let c = NodeConfig::parse("{}").unwrap();
+        assert_eq!(c.rotation(), crate::agent::schedule::Policy::default());
+        assert_eq!(c.state_dir(), PathBuf::from("/run/kv"));
+        let c = NodeConfig::parse(
+            r#"{"rotation":{"enabled":true,"defaultInterval":"5m","minInterval":"1s"},"stateDir":"/run/kv2"}"#,
+        )
+        .unwrap();
+        let r = c.rotation();
+        assert_eq!(r.default_interval, Some(Duration::from_secs(300)));
+        assert_eq!(r.min_interval, Duration::from_secs(1));
+        assert_eq!(c.state_dir(), PathBuf::from("/run/kv2"));
+        assert!(
+            !NodeConfig::parse(r#"{"rotation":{"enabled":false}}"#)
+                .unwrap()
+                .rotation()
+                .enabled
+        );
+        for (bad, want) in [
+            (
+                r#"{"rotation":{"minInterval":"soon"}}"#,
+                "rotation.minInterval",
+            ),
+            (
+                r#"{"rotation":{"defaultInterval":"0"}}"#,
+                "rotation.defaultInterval must be above 0",
+            ),
+            (r#"{"rotation":{"interval":"1m"}}"#, "unknown field"),
+            (
+                r#"{"stateDir":"run/kv"}"#,
+                "stateDir must be an absolute path",
+            ),
+        ] {
+            let e = NodeConfig::parse(bad).unwrap_err();
+            assert_eq!(e.code(), Code::Config, "{bad}");
+            assert!(e.message().contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

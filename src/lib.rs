@@ -16,6 +16,7 @@
 //! identity) → [`keyvault`] (every object, concurrently, over [`http`]) → [`render`] (object →
 //! file bytes) → [`volume`] (tmpfs, attached in one step) → [`reply`] (the one JSON line).
 
+pub mod agent;
 pub mod atomic;
 pub mod auth;
 pub mod cloud;

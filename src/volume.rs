@@ -39,6 +39,9 @@ pub struct Layout {
     pub size: u64,
     /// Attach read-only (the pod's `flexVolume.readOnly: true`, `kubernetes.io/readwrite: ro`).
     pub read_only: bool,
+    /// The volume rotates: written in the `..data` layout of [`crate::agent::layout`] (a
+    /// version directory and links) so `kv agent` can switch it in one step later.
+    pub rotating: bool,
 }
 
 const PAGE: u64 = 4096;
@@ -323,10 +326,7 @@ fn mount_detached(fs: OwnedFd, dir: &Path, layout: &Layout) -> Result<()> {
     };
     set("source", "kv")?;
     set("size", &layout.size.to_string())?;
-    set(
-        "nr_inodes",
-        &(layout.files.len() as u64 * 2 + 64).to_string(),
-    )?;
+    set("nr_inodes", &nr_inodes(layout)?.to_string())?;
     set("mode", &format!("{:o}", layout.dir_mode))?;
     set("uid", "0")?;
     set("gid", &layout.gid.unwrap_or(0).to_string())?;
@@ -363,7 +363,7 @@ fn mount_in_place(dir: &Path, layout: &Layout) -> Result<()> {
     let data = format!(
         "size={},nr_inodes={},mode={:o},uid=0,gid={}",
         layout.size,
-        layout.files.len() as u64 * 2 + 64,
+        nr_inodes(layout)?,
         layout.dir_mode,
         layout.gid.unwrap_or(0)
     );
@@ -406,9 +406,38 @@ fn mount_in_place(dir: &Path, layout: &Layout) -> Result<()> {
     result
 }
 
+/// Inodes of the tmpfs: the files and their directories, twice for a rotating volume (the
+/// current version and the next one during a switch, with their links), plus room.
+fn nr_inodes(layout: &Layout) -> Result<u64> {
+    if layout.rotating {
+        Ok(crate::agent::layout::room_for_rotation(&layout.files)?.inodes + 64)
+    } else {
+        Ok(layout.files.len() as u64 * 2 + 64)
+    }
+}
+
 /// Writes every file below `root` (the tmpfs root). Files are created with no permission bits,
-/// written, given their group, then their final mode: never more open than they end up.
+/// written, given their group, then their final mode: never more open than they end up. A
+/// rotating volume gets its first version in the `..data` layout instead.
 fn write_files(root: &OwnedFd, layout: &Layout) -> Result<()> {
+    if layout.rotating {
+        use crate::agent::layout::{write_initial, Budget, Perms};
+        let perms = Perms {
+            dir_mode: layout.dir_mode,
+            gid: layout.gid,
+        };
+        // fsmount's descriptor is O_PATH: the layout lists and fsyncs the directory, so it
+        // gets a real one.
+        let dir = rustix::fs::openat(
+            root,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| mount_err("cannot open the new tmpfs", e))?;
+        // The tmpfs size limit is the budget: it was sized for two versions.
+        return write_initial(dir.as_fd(), &layout.files, perms, Budget::unlimited());
+    }
     let mut made_dirs = std::collections::BTreeSet::new();
     for f in &layout.files {
         if let Some((sub, _)) = f.path.split_once('/') {

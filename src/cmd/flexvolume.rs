@@ -1,9 +1,10 @@
 //! The FlexVolume verbs kubelet calls: `mount <dir> <json>` and `unmount <dir>`. Each returns
 //! exactly one [`Reply`]; the work is [`crate::pipeline`] (mount) and [`crate::volume`].
 
+use crate::agent::record::{Record, Store};
 use crate::config::NodeConfig;
 use crate::error::{Code, Error, Result};
-use crate::options::{Identity, TokenFile, VolumeSpec};
+use crate::options::VolumeSpec;
 use crate::pipeline;
 use crate::reply::Reply;
 use crate::volume;
@@ -63,18 +64,20 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let mut spec = VolumeSpec::parse(json)?;
     log_context(dir, &spec);
     volume::validate_kubelet_dir(dir)?;
-    if let Identity::WorkloadIdentity { token, .. } = &spec.identity {
-        // The pod's own projected token, found from the mount dir kubelet gave.
-        spec.token_file = Some(TokenFile::for_mount(dir, &spec.pod, token)?);
-    }
+    pipeline::use_pod_token(&mut spec, dir)?;
     let cloud = pipeline::resolve(&spec, config)?;
+    let rotation = pipeline::rotation(&spec, config)?;
 
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
     if volume::already_mounted(dir)? {
-        // kubelet normally checks this itself; a repeated call must not refetch.
+        // kubelet normally checks this itself; a repeated call must not refetch. It does save
+        // the record again: a mount killed between attaching and saving is retried this way.
         crate::log::info("already_mounted", json!({}));
-        return Ok(());
+        return match rotation {
+            Some(interval) => save_record(dir, json, &spec, interval, config),
+            None => Ok(()),
+        };
     }
     let fetched = pipeline::fetch(&spec, &cloud, config, deadline)?;
     let layout = pipeline::layout(&spec, fetched, config)?;
@@ -88,11 +91,30 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
         ));
     }
     volume::mount(dir, &layout)?;
+    if let Some(interval) = rotation {
+        // Without its record the pod would never rotate: the mount fails rather than quietly
+        // giving less than the pod asked for.
+        if let Err(e) = save_record(dir, json, &spec, interval, config) {
+            let _ = volume::unmount(dir);
+            return Err(e);
+        }
+    }
     crate::log::info(
         "mounted",
-        json!({"files": layout.files.len(), "tmpfs_bytes": layout.size}),
+        json!({"files": layout.files.len(), "tmpfs_bytes": layout.size, "rotation_secs": rotation.map(|d| d.as_secs())}),
     );
     Ok(())
+}
+
+/// Saves what `kv agent` needs to refresh the volume (root-only, under the node's state dir).
+fn save_record(
+    dir: &Path,
+    json: &str,
+    spec: &VolumeSpec,
+    interval: std::time::Duration,
+    config: &NodeConfig,
+) -> Result<()> {
+    Store::new(config.state_dir()).save(&Record::for_volume(dir, json, spec, interval))
 }
 
 fn log_context(dir: &Path, spec: &VolumeSpec) {
@@ -128,5 +150,14 @@ fn unmount_call(args: &[OsString]) -> Result<()> {
         crate::log::set_context("pod_uid", uid);
     }
     let _lock = volume::lock(&dir)?;
-    volume::unmount(&dir)
+    volume::unmount(&dir)?;
+    // The agent's record of a rotating volume goes with it. The volume is gone either way: a
+    // record left behind is collected by the agent's next pass, so it never fails the unmount.
+    if let Err(e) = Store::new(config.state_dir()).remove(&dir) {
+        crate::log::warn(
+            "rotation_record_left",
+            json!({"code": e.code().as_str(), "message": e.message()}),
+        );
+    }
+    Ok(())
 }

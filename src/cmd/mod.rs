@@ -4,6 +4,7 @@
 //! parsed with clap, and print text. Every front-end is thin: the work is in
 //! [`crate::pipeline`], [`crate::volume`] and [`crate::install`].
 
+pub mod agent;
 pub mod doctor;
 pub mod fetch;
 mod flexvolume;
@@ -23,7 +24,9 @@ pub enum Outcome {
 }
 
 /// Commands for people (not kubelet): they may print text and progress.
-const OPERATOR_COMMANDS: &[&str] = &["install", "fetch", "doctor", "logs", "help", "--help", "-h"];
+const OPERATOR_COMMANDS: &[&str] = &[
+    "install", "fetch", "doctor", "logs", "agent", "help", "--help", "-h",
+];
 
 /// Whether kubelet (not a person) is calling: then stderr is redirected before anything runs.
 pub fn is_flexvolume_call(args: &[OsString]) -> bool {
@@ -47,6 +50,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print one pod's lines from the driver log.
     Logs(logs::LogsArgs),
+    /// Keep rotating volumes in step with Key Vault (`--once`: refresh all now; `status`).
+    Agent(agent::AgentArgs),
 }
 
 fn operator(args: Vec<OsString>) -> Outcome {
@@ -63,6 +68,7 @@ fn operator(args: Vec<OsString>) -> Outcome {
         Command::Fetch(a) => fetch::run(*a),
         Command::Doctor(a) => doctor::run(a),
         Command::Logs(a) => logs::run(a),
+        Command::Agent(a) => agent::run(a),
     };
     Outcome::Text(text, code)
 }

@@ -67,6 +67,9 @@ pub struct VolumeSpec {
     pub file_permission: Option<u32>,
     /// Requested tmpfs size in bytes.
     pub tmpfs_size: Option<u64>,
+    /// `rotationpollinterval`: the volume asks to follow Key Vault at this interval (before the
+    /// node's bounds, [`crate::agent::schedule::Policy`]).
+    pub rotation_interval: Option<std::time::Duration>,
     /// Where workload identity's token is: set by the front-end (from the mount dir, or
     /// `kv fetch --token-file`), not by options.
     pub token_file: Option<TokenFile>,
@@ -80,6 +83,7 @@ const KNOWN_KEYS: &[&str] = &[
     "keyvaultsplitcertfiles",
     "filepermission",
     "tmpfssize",
+    "rotationpollinterval",
     "objects",
     "tenantid",
     "cloudname",
@@ -91,6 +95,7 @@ const KNOWN_KEYS: &[&str] = &[
     "clientid",
     "workloadidentitytokenpath",
     "nmiport",
+    "rotationpollinterval",
     "kubernetes.io/fstype",
     "kubernetes.io/readwrite",
     "kubernetes.io/pvorvolumename",
@@ -180,6 +185,20 @@ impl VolumeSpec {
             .map(|s| values::parse_size("tmpfssize", s))
             .transpose()?;
 
+        let rotation_interval = raw
+            .get("rotationpollinterval")
+            .map(|d| {
+                crate::agent::schedule::parse_duration(d)
+                    .map_err(|e| Error::options(format!("rotationpollinterval: {}", e.message())))
+                    .and_then(|d| match d.is_zero() {
+                        true => Err(Error::options(
+                            "rotationpollinterval is 0: give an interval such as 2m, or remove the option",
+                        )),
+                        false => Ok(d),
+                    })
+            })
+            .transpose()?;
+
         let objects = objects::parse(&raw)?;
 
         Ok(VolumeSpec {
@@ -193,6 +212,7 @@ impl VolumeSpec {
             read_only,
             file_permission,
             tmpfs_size,
+            rotation_interval,
             token_file: None,
             unknown_keys,
         })

@@ -31,12 +31,31 @@ pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
         crate::log::warn("unknown_options", crate::log::names(&spec.unknown_keys));
     }
     let cloud = config.cloud(spec.cloud.as_deref())?;
+    rotation(spec, config)?;
     config.check_policy(
         spec.pod.namespace.as_deref(),
         &spec.identity,
         &spec.vaults(),
     )?;
     Ok(cloud)
+}
+
+/// How often `kv agent` refreshes the volume: its `rotationpollinterval`, else the node's
+/// `rotation.defaultInterval`, raised to `rotation.minInterval`; `None` when it does not rotate.
+/// A Failure when the volume asks for rotation on a node that turns it off.
+pub fn rotation(spec: &VolumeSpec, config: &NodeConfig) -> Result<Option<std::time::Duration>> {
+    config.rotation().interval(spec.rotation_interval)
+}
+
+/// Workload identity reads the pod's own projected token, found from the mount dir kubelet gave
+/// (at mount, and again at every refresh by `kv agent`: kubelet keeps the token fresh).
+pub fn use_pod_token(spec: &mut VolumeSpec, mount_dir: &std::path::Path) -> Result<()> {
+    if let crate::options::Identity::WorkloadIdentity { token, .. } = &spec.identity {
+        spec.token_file = Some(crate::options::TokenFile::for_mount(
+            mount_dir, &spec.pod, token,
+        )?);
+    }
+    Ok(())
 }
 
 /// Step 2: fetches and renders every object of `spec` into memory.
@@ -120,11 +139,14 @@ pub fn layout(
             });
         }
     }
-    let size = tmpfs_size(
-        spec.tmpfs_size,
-        volume::needed_bytes(&files),
-        config.tmpfs_max_bytes(),
-    )?;
+    let rotating = rotation(spec, config)?.is_some();
+    // A rotating volume holds two versions during a switch (and its links): sized for both.
+    let (needed, versions) = if rotating {
+        (crate::agent::layout::needed(&files)?.bytes, 2)
+    } else {
+        (volume::needed_bytes(&files), 1)
+    };
+    let size = tmpfs_size(spec.tmpfs_size, needed, versions, config.tmpfs_max_bytes())?;
     Ok(Layout {
         files,
         // The directory needs x for traversal; with an fsGroup only that group gets in.
@@ -136,13 +158,16 @@ pub fn layout(
         gid: spec.fs_group,
         size,
         read_only: spec.read_only,
+        rotating,
     })
 }
 
-/// The tmpfs `size=`: what the pod asked for, else what the files need plus
-/// [`volume::HEADROOM`] for the runtime's metadata. Only the files' need is required: the
-/// headroom is cut to the node's cap rather than failing a small volume on a small cap.
-fn tmpfs_size(asked: Option<u64>, needed: u64, cap: u64) -> Result<u64> {
+/// The tmpfs `size=`: what the pod asked for, else what `versions` copies of the files need
+/// (two for a rotating volume: the current version and the next during a switch) plus
+/// [`volume::HEADROOM`] for the runtime's metadata. Only one copy is required: the rest is cut
+/// to the node's cap rather than failing a small volume on a small cap (a switch that does not
+/// fit then fails, keeping the current files, and says so in `kv agent status`).
+fn tmpfs_size(asked: Option<u64>, needed: u64, versions: u64, cap: u64) -> Result<u64> {
     match asked {
         Some(asked) if asked > cap => Err(Error::options(format!(
             "tmpfssize {asked} is above this node's cap of {cap} bytes (node config tmpfsMaxBytes)"
@@ -155,7 +180,7 @@ fn tmpfs_size(asked: Option<u64>, needed: u64, cap: u64) -> Result<u64> {
             Code::Mount,
             format!("the objects need {needed} bytes of tmpfs, above this node's cap of {cap} (node config tmpfsMaxBytes)"),
         )),
-        None => Ok((needed + volume::HEADROOM).min(cap)),
+        None => Ok((needed.saturating_mul(versions) + volume::HEADROOM).min(cap)),
     }
 }
 
@@ -200,24 +225,30 @@ mod tests {
     #[test]
     fn small_volumes_fit_a_small_cap() {
         // One page of data on a node capped at 64 KiB: the headroom shrinks, the mount works.
-        assert_eq!(tmpfs_size(None, 4096, 65536).unwrap(), 65536);
+        assert_eq!(tmpfs_size(None, 4096, 1, 65536).unwrap(), 65536);
         assert_eq!(
-            tmpfs_size(None, 4096, 1 << 20).unwrap(),
+            tmpfs_size(None, 4096, 1, 1 << 20).unwrap(),
             4096 + volume::HEADROOM
         );
-        assert_eq!(tmpfs_size(None, 65536, 65536).unwrap(), 65536);
+        assert_eq!(tmpfs_size(None, 65536, 1, 65536).unwrap(), 65536);
         assert_eq!(
-            tmpfs_size(None, 65537, 65536).unwrap_err().code(),
+            tmpfs_size(None, 65537, 1, 65536).unwrap_err().code(),
             Code::Mount
         );
-        assert_eq!(tmpfs_size(Some(8192), 4096, 65536).unwrap(), 8192);
+        assert_eq!(tmpfs_size(Some(8192), 4096, 1, 65536).unwrap(), 8192);
         assert_eq!(
-            tmpfs_size(Some(4095), 4096, 65536).unwrap_err().code(),
+            tmpfs_size(Some(4095), 4096, 1, 65536).unwrap_err().code(),
             Code::Options
         );
         assert_eq!(
-            tmpfs_size(Some(65537), 4096, 65536).unwrap_err().code(),
+            tmpfs_size(Some(65537), 4096, 1, 65536).unwrap_err().code(),
             Code::Options
         );
+        // Rotating: room for two versions when the cap allows it; one is what must fit.
+        assert_eq!(
+            tmpfs_size(None, 4096, 2, 1 << 20).unwrap(),
+            8192 + volume::HEADROOM
+        );
+        assert_eq!(tmpfs_size(None, 40960, 2, 65536).unwrap(), 65536);
     }
 }

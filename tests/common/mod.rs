@@ -445,3 +445,40 @@ pub fn project(dir: &Path, volume: &str, file: &str, token: &str) -> PathBuf {
     std::os::unix::fs::symlink(format!("..data/{file}"), vol.join(file)).unwrap();
     vol
 }
+
+/// Makes the emulator serve `scenario` without a restart: writes it to `file` (the scenario
+/// file the emulator was started from, owned by the test), sends SIGHUP to the emulator's pid
+/// from `<ns dir>/ready` and waits until the ready file's `generation` grows.
+pub fn reload(ns: &Namespace, file: &Path, scenario: &Value) {
+    let ready = ns.dir().join("ready");
+    let read = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    let before = read();
+    let generation = before["generation"].as_u64().unwrap_or(0);
+    let pid = before["pid"]
+        .as_u64()
+        .expect("emulator pid in the ready file") as i32;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, scenario.to_string()).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let now = read();
+        if let Some(e) = now["reload_error"].as_str() {
+            panic!("emulator reload failed: {e}");
+        }
+        if now["generation"].as_u64().unwrap_or(0) > generation {
+            return;
+        }
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "emulator did not reload {}",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
