@@ -175,6 +175,84 @@ pub fn retry_after_sdk(headers: &azure_core::http::headers::Headers) -> Option<D
     })
 }
 
+/// Waits while `host` is in a throttle window another kv process of the node recorded (a 429
+/// with Retry-After), so the node stops adding to the storm. A window that outlasts the
+/// deadline is the call's answer at once: `KV429_THROTTLED`, naming the host.
+pub async fn wait_for_host(
+    node: &crate::nodestate::NodeState,
+    host: &str,
+    deadline: &crate::retry::Deadline,
+) -> Result<()> {
+    let Ok(throttle) = node.throttle() else {
+        // Without readable node state every process is on its own, as before.
+        return Ok(());
+    };
+    // Another process may extend the window while this one waits: look again after each wait.
+    while let Some(wait) = throttle.wait_time(host) {
+        if wait >= deadline.remaining() {
+            return Err(Error::new(
+                Code::Throttled,
+                format!(
+                    "{host} asked this node to wait {}ms (HTTP 429 Retry-After), past this call's deadline; spread pod starts or raise the service's limits",
+                    wait.as_millis()
+                ),
+            ));
+        }
+        crate::log::info(
+            "throttle_wait",
+            serde_json::json!({"host": host, "ms": wait.as_millis() as u64}),
+        );
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
+/// Records a 429's Retry-After for `host` node-wide (only a 429 that says how long: without
+/// one each process's own backoff applies).
+pub fn note_throttle(
+    node: &crate::nodestate::NodeState,
+    host: &str,
+    status: u16,
+    after: Option<Duration>,
+) {
+    let (429, Some(after)) = (status, after) else {
+        return;
+    };
+    if let Err(e) = node.throttle().and_then(|t| t.record(host, after)) {
+        crate::log::warn(
+            "throttle_record",
+            serde_json::json!({"host": host, "error": e.to_string()}),
+        );
+    } else {
+        crate::log::info(
+            "throttled",
+            serde_json::json!({"host": host, "retry_after_ms": after.as_millis() as u64}),
+        );
+    }
+}
+
+/// Takes one of the node's `n` request slots named `name`, within the deadline. A node state
+/// that cannot be used (not a 0700 directory kv owns) is logged and skipped: the slots protect
+/// the service, and a mount must not fail because /run is odd.
+pub async fn node_slot(
+    node: &crate::nodestate::NodeState,
+    name: &str,
+    n: usize,
+    deadline: &crate::retry::Deadline,
+) -> Result<Option<crate::nodestate::SlotGuard>> {
+    match node.acquire_async(name, n, deadline.instant()).await {
+        Ok(guard) => Ok(Some(guard)),
+        Err(e) if e.code() == Code::Timeout => Err(e),
+        Err(e) => {
+            crate::log::warn(
+                "node_slot",
+                serde_json::json!({"slot": name, "error": e.to_string()}),
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The innermost cause of an error (a refused connection, a TLS verdict): the outer layers
 /// only say "error sending request". [`crate::error::Error::new`] flattens it to one line.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

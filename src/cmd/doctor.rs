@@ -495,6 +495,7 @@ async fn network_checks(
                     port,
                     namespace: s.pod.namespace.clone().unwrap_or_default(),
                     pod: s.pod.name.clone().unwrap_or_default(),
+                    uid: s.pod.uid.clone().unwrap_or_default(),
                 },
                 http.clone(),
                 Deadline::after(TOKEN_PROBE),
