@@ -534,6 +534,28 @@ fn child_process() {
             )
             .unwrap();
         }
+        // One of many processes starting at once: appends to `fetches` if it fetched.
+        "burst" => {
+            let ready = base.join(format!("ready-{}", std::process::id()));
+            std::fs::write(ready, b"").unwrap();
+            while !base.join("go").exists() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let fetched = AtomicUsize::new(0);
+            let got = fetch_once(
+                &cache,
+                &key,
+                &fetched,
+                &format!("tok-{}", std::process::id()),
+            );
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(base.join("fetches"))
+                .unwrap();
+            use std::io::Write;
+            writeln!(log, "{} {got}", fetched.load(Ordering::SeqCst)).unwrap();
+        }
         // Holds the only slot and the token lock until killed.
         "hold-and-die" => {
             let _slot = state.acquire("imds", 1, Instant::now()).unwrap();
@@ -604,6 +626,67 @@ fn single_flight_across_processes_waits_for_the_one_fetch() {
         std::fs::read_to_string(root.base.join("child-fetches")).unwrap(),
         "0"
     );
+}
+
+#[test]
+fn a_burst_of_processes_makes_one_fetch() {
+    let root = Root::new("burst");
+    root.state.tokens().unwrap();
+    let children: Vec<Child> = (0..6).map(|_| spawn_child("burst", &root)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while names_in(&root.base)
+        .iter()
+        .filter(|n| n.starts_with("ready-"))
+        .count()
+        < children.len()
+    {
+        assert!(Instant::now() < deadline, "the children did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(root.base.join("go"), b"").unwrap();
+    for child in children {
+        finish(child);
+    }
+    let log = std::fs::read_to_string(root.base.join("fetches")).unwrap();
+    let lines: Vec<(&str, &str)> = log.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    let fetched: Vec<&str> = lines
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != "0")
+        .collect();
+    assert_eq!(fetched, ["1"], "{log}");
+    assert!(lines.iter().all(|(_, t)| *t == lines[0].1), "{log}");
+}
+
+#[test]
+fn a_failed_fetch_lets_the_next_caller_try() {
+    let root = Root::new("fetch-fails");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let far = Instant::now() + Duration::from_secs(5);
+    let rt = runtime();
+    let err = rt
+        .block_on(cache.get_or_fetch(&key, Duration::ZERO, far, || async {
+            Err(crate::error::Error::new(Code::Imds, "IMDS said no"))
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Imds);
+    assert!(cache.get(&key, Duration::ZERO).is_none());
+    let got = rt
+        .block_on(cache.get_or_fetch(&key, Duration::ZERO, far, || async {
+            Ok(token("tok-2", 3600))
+        }))
+        .unwrap();
+    assert_eq!(got.token.expose(), "tok-2");
+    // Reused from the cache now: this fetch is never called.
+    let again = rt
+        .block_on(cache.get_or_fetch(&key, Duration::ZERO, far, || async {
+            Err(crate::error::Error::new(Code::Imds, "not cached"))
+        }))
+        .unwrap();
+    assert_eq!(again.token.expose(), "tok-2");
 }
 
 #[test]

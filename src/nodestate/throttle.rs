@@ -8,7 +8,7 @@
 
 use super::flock;
 use super::{private, unix_now, NodeState};
-use crate::error::Result;
+use crate::error::{Code, Error, Result};
 use rustix::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -64,13 +64,15 @@ impl Throttle {
             host: Cow::Borrowed(&host),
             until_ms,
         };
-        let bytes = serde_json::to_vec(&record).unwrap_or_default();
-        private::write(&self.dir, &name, &bytes).map_err(|e| {
-            crate::error::Error::new(
-                crate::error::Code::Internal,
-                format!("cannot record the throttle of {host}: {e}"),
-            )
-        })
+        serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| private::write(&self.dir, &name, &bytes))
+            .map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("cannot record the throttle of {host}: {e}"),
+                )
+            })
     }
 
     /// How long to wait before asking `host` again, if it is throttling us.

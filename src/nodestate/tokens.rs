@@ -105,15 +105,17 @@ impl TokenCache {
             expires_on: token.expires_on,
             token: Cow::Borrowed(token.token.expose()),
         };
-        let bytes = Zeroizing::new(serde_json::to_vec(&entry).unwrap_or_default());
-        if bytes.is_empty() || bytes.len() as u64 > private::MAX_FILE {
-            return Err(Error::new(
+        let cannot = |e: &dyn std::fmt::Display| {
+            Error::new(
                 Code::Internal,
-                format!("token for {} too large to cache", key.label()),
-            ));
+                format!("cannot cache the token for {}: {e}", key.label()),
+            )
+        };
+        let bytes = Zeroizing::new(serde_json::to_vec(&entry).map_err(|e| cannot(&e))?);
+        if bytes.len() as u64 > private::MAX_FILE {
+            return Err(cannot(&"larger than 64 KiB"));
         }
-        private::write(&self.dir, key.file_name(), &bytes)
-            .map_err(|e| Error::new(Code::Internal, format!("cannot cache token: {e}")))
+        private::write(&self.dir, key.file_name(), &bytes).map_err(|e| cannot(&e))
     }
 
     /// Drops the entry for `key` (e.g. the service rejected the cached token).
