@@ -186,7 +186,7 @@ fn check_node_state(r: &mut Report, config: &NodeConfig) {
     } else {
         "off (kv.json tokenCache: false): every mount asks its token source".to_string()
     };
-    r.add(Verdict::Pass, "token cache", cache);
+    r.add(Verdict::Pass, "node cache", cache);
     for t in &summary.tokens {
         let left = t.expires_on - now;
         let when = if left > 0 {
