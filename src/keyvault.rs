@@ -79,6 +79,9 @@ struct DeadlineRetry {
     deadline: crate::retry::Deadline,
     /// The node state and the per-vault request slots.
     node: Option<(crate::nodestate::NodeState, usize)>,
+    /// One of this client's requests at a time polls the node's slots: a burst of N mounts of
+    /// M objects then polls with N pollers, not N × M (each poll opens every slot file).
+    polling: tokio::sync::Mutex<()>,
 }
 
 const KEYVAULT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
@@ -182,6 +185,7 @@ impl DeadlineRetry {
         host: &str,
     ) -> Result<Option<crate::nodestate::SlotGuard>> {
         crate::http::wait_for_host(node, host, &self.deadline).await?;
+        let _polling = self.polling.lock().await;
         crate::http::node_slot(node, &format!("vault-{host}"), slots, &self.deadline).await
     }
 }
@@ -349,6 +353,7 @@ impl Fetcher {
                 .provider
                 .node()
                 .map(|n| (n.state.clone(), n.vault_requests)),
+            polling: tokio::sync::Mutex::new(()),
         }));
         if prefetched {
             options.per_try_policies.push(Arc::new(PrefetchedBearer {
