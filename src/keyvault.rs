@@ -185,8 +185,13 @@ impl DeadlineRetry {
         host: &str,
     ) -> Result<Option<crate::nodestate::SlotGuard>> {
         crate::http::wait_for_host(node, host, &self.deadline).await?;
-        let _polling = self.polling.lock().await;
-        crate::http::node_slot(node, &format!("vault-{host}"), slots, &self.deadline).await
+        let slot = {
+            let _polling = self.polling.lock().await;
+            crate::http::node_slot(node, &format!("vault-{host}"), slots, &self.deadline).await?
+        };
+        // A 429 may have opened a window while this request queued for its slot.
+        crate::http::wait_for_host(node, host, &self.deadline).await?;
+        Ok(slot)
     }
 }
 

@@ -107,10 +107,15 @@ async fn take_turn(
     if let Some(host) = endpoint.throttle_host {
         crate::http::wait_for_host(node, host, deadline).await?;
     }
-    match endpoint.slots {
-        Some((name, n)) => crate::http::node_slot(node, name, n, deadline).await,
-        None => Ok(None),
+    let slot = match endpoint.slots {
+        Some((name, n)) => crate::http::node_slot(node, name, n, deadline).await?,
+        None => None,
+    };
+    // A 429 may have opened a window while this request queued for its slot.
+    if let (Some(host), Some(_)) = (endpoint.throttle_host, &slot) {
+        crate::http::wait_for_host(node, host, deadline).await?;
     }
+    Ok(slot)
 }
 
 /// The error when the endpoint cannot be reached: what failed (the innermost cause), with the
