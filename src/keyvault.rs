@@ -739,6 +739,9 @@ impl Fetcher {
                     "keyvault_error",
                     serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": answer.code, "innererror": answer.inner, "request_id": request_id}),
                 );
+                if status == 401 {
+                    self.provider.distrust_token();
+                }
                 answer.classify(&what, &self.provider.identity_name(), o.kind)
             }
             ErrorKind::Io | ErrorKind::Connection => {

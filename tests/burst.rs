@@ -222,15 +222,20 @@ fn a_token_cached_under_one_cloud_is_not_used_after_the_cloud_changes() {
     assert_eq!(count(&node, "imds"), 2);
 }
 
+/// Mounts with the node identity once: the cache entry it leaves, and its JSON.
+fn cached_node_token(node: &Node) -> (PathBuf, Value) {
+    node.mount(&node.volume_dir("v"), node_identity())
+        .assert_success();
+    let entry = entries(node).pop().expect("one entry");
+    let v = serde_json::from_str(&std::fs::read_to_string(&entry).unwrap()).unwrap();
+    (entry, v)
+}
+
 #[test]
 fn stale_corrupt_symlinked_or_loose_cache_entries_are_ignored() {
     use std::os::unix::fs::PermissionsExt;
     let node = Node::new();
-    node.mount(&node.volume_dir("v"), node_identity())
-        .assert_success();
-    let entry = entries(&node).pop().expect("one entry");
-    let good = std::fs::read_to_string(&entry).unwrap();
-    let v: Value = serde_json::from_str(&good).unwrap();
+    let (entry, v) = cached_node_token(&node);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -493,4 +498,72 @@ fn doctor_lists_cached_tokens_without_their_values() {
     node.set_config(json!({"tokenCache": false}));
     let (out, _) = doctor(&node);
     assert!(check(&out, "node cache").starts_with("off"), "{out}");
+}
+
+#[test]
+fn a_token_key_vault_rejects_is_dropped_from_the_cache() {
+    let node = Node::new();
+    let (entry, mut v) = cached_node_token(&node);
+    // The entry now holds a token Key Vault does not accept (revoked, say).
+    v["token"] = json!("eyJhbGciOiJIUzI1NiJ9.e30.not-a-valid-signature");
+    std::fs::write(&entry, v.to_string()).unwrap();
+    let dir = node.volume_dir("v");
+    node.mount(&dir, node_identity())
+        .assert_failure("KV401_UNAUTHORIZED");
+    node.assert_nothing_left(&dir);
+    assert_eq!(
+        count(&node, "imds"),
+        1,
+        "the rejected token came from the cache"
+    );
+    assert!(!entry.exists(), "the rejected token is forgotten");
+    // The next mount asks IMDS again and mounts.
+    let dir = node.volume_dir("v");
+    node.mount(&dir, node_identity()).assert_success();
+    assert_secret(&node, &dir);
+    assert_eq!(count(&node, "imds"), 2);
+}
+
+/// A workload-identity volume of `sa` in `dir`, its projected token minted by the test issuer.
+fn workload(
+    node: &Node,
+    sa: &str,
+    edit: impl Fn(kv_emulator::issuer::ServiceAccountToken) -> kv_emulator::issuer::ServiceAccountToken,
+) -> (PathBuf, Value) {
+    let dir = node.volume_dir("wi");
+    let token = kv_emulator::issuer::ServiceAccountToken::new("demo", sa)
+        .pod("demo-pod", &pod_uid(&dir))
+        .audiences(&["api://AzureADTokenExchange"]);
+    let jwt = issuer().mint(&edit(token));
+    project(&dir, "azure-identity-token", "azure-identity-token", &jwt);
+    let options = secret(
+        json!({"useworkloadidentity": "true", "clientid": WORKLOAD_APP,
+                                "tenantid": TENANT, "kubernetes.io/serviceAccount.name": sa}),
+    );
+    (dir, options)
+}
+
+const WORKLOAD_APP: &str = "00000000-0000-0000-0000-00000000a007";
+
+#[test]
+fn workload_identity_tokens_are_shared_only_by_the_same_service_account() {
+    let node = Node::new();
+    // Two pods of the federated service account: one token exchange.
+    for _ in 0..2 {
+        let (dir, options) = workload(&node, "workload", |t| t);
+        node.mount(&dir, options).assert_success();
+        assert_secret(&node, &dir);
+    }
+    assert_eq!(count(&node, "aad"), 1);
+    // Another service account naming the same client id is asked about at AAD (which has no
+    // federated credential for it), never handed the cached token.
+    let (dir, options) = workload(&node, "intruder", |t| t);
+    node.mount(&dir, options)
+        .assert_failure("KV_AAD_FEDERATION");
+    node.assert_nothing_left(&dir);
+    assert_eq!(count(&node, "aad"), 2);
+    // The federated account's expired token is refused before the cache is looked at.
+    let (dir, options) = workload(&node, "workload", |t| t.issued_offset(-7200).ttl(3600));
+    node.mount(&dir, options).assert_failure("KV_SA_TOKEN");
+    assert_eq!(count(&node, "aad"), 2);
 }

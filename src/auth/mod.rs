@@ -157,6 +157,9 @@ pub struct Provider {
     client_id: Mutex<Option<String>>,
     /// The last token error, for callers that only see the SDK's untyped copy.
     last_error: Mutex<Option<Error>>,
+    /// The node cache entry this call's token came from or went to, so a token a service
+    /// rejects can be dropped for the next mount.
+    cached: Mutex<Option<nodestate::CacheKey>>,
 }
 
 impl Provider {
@@ -203,6 +206,7 @@ impl Provider {
             slots: Mutex::new(HashMap::new()),
             client_id: Mutex::new(client_id),
             last_error: Mutex::new(None),
+            cached: Mutex::new(None),
         })
     }
 
@@ -275,6 +279,7 @@ impl Provider {
         };
         let identity = self.cache_identity(node, resource, assertion.as_ref(), &credential, &nmi);
         let key = cache.key(&identity)?;
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
         let margin = nodestate::tokens::DEFAULT_MARGIN;
         if let Some(hit) = cache.get(&key, margin) {
             return Ok((from_cached(hit), true));
@@ -293,6 +298,22 @@ impl Provider {
             crate::log::warn("token_cache", serde_json::json!({"error": e.to_string()}));
         }
         Ok((token, false))
+    }
+
+    /// Drops this call's token from the node cache: Key Vault rejected it (401), so the next
+    /// mount asks the source again instead of reusing it until it expires.
+    pub fn distrust_token(&self) {
+        let key = self.cached.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(key), Some(node)) = (key, &self.node) else {
+            return;
+        };
+        if let Ok(cache) = node.state.tokens() {
+            cache.forget(&key);
+            crate::log::warn(
+                "token_cache",
+                serde_json::json!({"forgot": key.label(), "why": "Key Vault answered 401"}),
+            );
+        }
     }
 
     /// What identifies the credential in a service principal's key (hashed with the node key
