@@ -28,6 +28,11 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 pub const DEFAULT_NMI_PORT: u16 = 2579;
 /// Default cap on the files of one volume (versions and split files count one each).
 pub const DEFAULT_MAX_FILES_PER_VOLUME: u32 = 1000;
+/// Default node state directory (token cache, request slots, throttle records, rotation
+/// records): on `/run`, memory-backed, gone at reboot with the volumes it describes.
+pub const DEFAULT_STATE_DIR: &str = "/run/kv";
+/// Default cap on concurrent Key Vault requests per vault from all kv processes of a node.
+pub const DEFAULT_VAULT_REQUESTS_PER_NODE: u32 = 32;
 
 /// Log settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -75,9 +80,6 @@ pub struct RotationConfig {
     pub min_interval: Option<String>,
 }
 
-/// Default state directory (volume records for `kv agent`): on `/run`, memory-backed.
-pub const DEFAULT_STATE_DIR: &str = "/run/kv";
-
 /// The `kv.json` key that allows node identities, named in refusals.
 pub const NODE_IDENTITIES_KEY: &str = "policy.nodeIdentities";
 
@@ -103,8 +105,15 @@ pub struct NodeConfig {
     pub policy: Option<Policy>,
     /// Rotation.
     pub rotation: Option<RotationConfig>,
-    /// Where kv keeps node state (rotation records): root-only, memory-backed.
+    /// Whether kv processes share tokens through the node's token cache (default true; false
+    /// makes every mount ask its token source, e.g. to benchmark the cache).
+    pub token_cache: Option<bool>,
+    /// The node state directory (default `/run/kv`): the token cache, request slots, throttle
+    /// records and rotation records every kv process of the node shares. Root-only and
+    /// memory-backed; must be an absolute path; kv creates it 0700.
     pub state_dir: Option<PathBuf>,
+    /// Most Key Vault requests in flight to one vault from all kv processes of the node.
+    pub vault_requests_per_node: Option<u32>,
 }
 
 impl NodeConfig {
@@ -180,6 +189,20 @@ impl NodeConfig {
                 "maxFilesPerVolume must be at least 1",
             ));
         }
+        if config.vault_requests_per_node == Some(0) {
+            return Err(Error::new(
+                Code::Config,
+                "vaultRequestsPerNode must be at least 1",
+            ));
+        }
+        if config.state_dir.as_ref().is_some_and(|d| {
+            !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir)
+        }) {
+            return Err(Error::new(
+                Code::Config,
+                "stateDir must be an absolute path without `..`, e.g. /run/kv",
+            ));
+        }
         if let Some(ports) = config.policy.as_ref().and_then(|p| p.nmi_ports.as_ref()) {
             if ports.contains(&0) {
                 return Err(Error::new(
@@ -213,12 +236,6 @@ impl NodeConfig {
                 .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
         }
         config.try_rotation()?;
-        if config.state_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
-            return Err(Error::new(
-                Code::Config,
-                "stateDir must be an absolute path",
-            ));
-        }
         Ok(config)
     }
 
@@ -293,6 +310,22 @@ impl NodeConfig {
     pub fn max_files_per_volume(&self) -> u32 {
         self.max_files_per_volume
             .unwrap_or(DEFAULT_MAX_FILES_PER_VOLUME)
+    }
+
+    /// Whether the node token cache is used.
+    pub fn token_cache(&self) -> bool {
+        self.token_cache.unwrap_or(true)
+    }
+
+    /// The node state shared by every kv process of the node.
+    pub fn node_state(&self) -> crate::nodestate::NodeState {
+        crate::nodestate::NodeState::at(self.state_dir())
+    }
+
+    /// The cap on concurrent requests to one vault from the node.
+    pub fn vault_requests_per_node(&self) -> u32 {
+        self.vault_requests_per_node
+            .unwrap_or(DEFAULT_VAULT_REQUESTS_PER_NODE)
     }
 
     /// Log path: `KV_LOG_FILE` wins over the config, then v0.0.17's path.
@@ -463,7 +496,7 @@ mod tests {
         let c = NodeConfig::parse(
             r#"{"cloud":"AzureChinaCloud","customCloud":{"authorityHost":"https://login.local","keyVaultDnsSuffix":"vault.local","keyVaultResource":"https://vault.local"},
             "nmiPort":2580,"deadlineSeconds":5,"tmpfsMaxBytes":1048576,"log":{"path":"/tmp/l","maxBytes":100},
-            "maxFilesPerVolume":50,
+            "maxFilesPerVolume":50,"tokenCache":false,"stateDir":"/run/kv-test","vaultRequestsPerNode":4,
             "policy":{"nodeIdentityNamespaces":["ops"],"nodeIdentities":{"web":["system"]},"vaultsByNamespace":{"ops":["kv1"]},"nmiPorts":[2581]}}"#,
         )
         .unwrap();
@@ -473,6 +506,9 @@ mod tests {
         assert_eq!(c.tmpfs_max_bytes(), 1 << 20);
         assert_eq!(c.log_path(None), PathBuf::from("/tmp/l"));
         assert_eq!(c.log_max_bytes(), 100);
+        assert!(!c.token_cache());
+        assert_eq!(c.node_state().root(), Path::new("/run/kv-test"));
+        assert_eq!(c.vault_requests_per_node(), 4);
     }
 
     #[test]
@@ -524,6 +560,9 @@ mod tests {
             r#"{"customCloud":{"authorityHost":"http://x","keyVaultDnsSuffix":"v","keyVaultResource":"https://v"}}"#,
             "{",
             r#"{"policy":{"nodeIdentityNamespace":["a"]}}"#,
+            r#"{"stateDir":"run/kv"}"#,
+            r#"{"stateDir":"/run/../tmp"}"#,
+            r#"{"vaultRequestsPerNode":0}"#,
         ] {
             let e = NodeConfig::parse(bad).unwrap_err();
             assert_eq!(e.code(), Code::Config, "{bad}");

@@ -28,6 +28,7 @@ pub mod http;
 pub mod install;
 pub mod keyvault;
 pub mod log;
+pub mod nodestate;
 pub mod options;
 pub mod pipeline;
 pub mod render;

@@ -67,7 +67,12 @@ pub fn fetch(
 ) -> Result<Vec<FetchedObject>> {
     block_on(async {
         let http = crate::http::client()?;
-        let provider = Provider::new(token_source(spec, cloud, config)?, http.clone(), deadline);
+        let provider = Provider::on_node(
+            token_source(spec, cloud, config)?,
+            http.clone(),
+            deadline,
+            crate::auth::Node::of(config, cloud),
+        );
         // Start the token at once: it overlaps the vault's 401 challenge.
         let prefetch = {
             let provider = provider.clone();
