@@ -83,6 +83,50 @@ pub struct RotationConfig {
 /// The `kv.json` key that allows node identities, named in refusals.
 pub const NODE_IDENTITIES_KEY: &str = "policy.nodeIdentities";
 
+/// The node's minimum rotation interval unless its config sets another.
+pub const DEFAULT_MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The node's rotation settings (`rotation.*` in `kv.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// `rotation.enabled` (default true).
+    pub enabled: bool,
+    /// `rotation.defaultInterval`: rotation for volumes that do not ask for it.
+    pub default_interval: Option<Duration>,
+    /// `rotation.minInterval` (default [`DEFAULT_MIN_ROTATION_INTERVAL`]).
+    pub min_interval: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            enabled: true,
+            default_interval: None,
+            min_interval: DEFAULT_MIN_ROTATION_INTERVAL,
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// The interval of a volume whose `rotationpollinterval` is `asked` (parsed and non-zero,
+    /// [`crate::options::VolumeSpec::rotation_interval`]); `None` when the volume does not
+    /// rotate. A value below the node's minimum is raised to it.
+    pub fn interval(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
+        if !self.enabled {
+            return match asked {
+                Some(_) => Err(Error::new(
+                    crate::error::Code::Policy,
+                    "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
+                )),
+                None => Ok(None),
+            };
+        }
+        Ok(asked
+            .or(self.default_interval)
+            .map(|d| d.max(self.min_interval)))
+    }
+}
+
 /// The whole file; absent keys take defaults, unknown keys are an error.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -240,14 +284,13 @@ impl NodeConfig {
     }
 
     /// The node's rotation settings, checked (see [`NodeConfig::rotation`]).
-    fn try_rotation(&self) -> Result<crate::agent::schedule::Policy> {
-        use crate::agent::schedule::{parse_duration, Policy};
-        let mut policy = Policy::default();
+    fn try_rotation(&self) -> Result<RotationPolicy> {
+        let mut policy = RotationPolicy::default();
         let Some(r) = &self.rotation else {
             return Ok(policy);
         };
         let duration = |key: &str, text: &str| {
-            let d = parse_duration(text).map_err(|e| {
+            let d = crate::duration::parse(text).map_err(|e| {
                 Error::new(Code::Config, format!("rotation.{key}: {}", e.message()))
             })?;
             if d.is_zero() {
@@ -270,7 +313,7 @@ impl NodeConfig {
 
     /// The node's rotation settings: `rotation.enabled`, `rotation.defaultInterval`,
     /// `rotation.minInterval` (checked when the file is parsed).
-    pub fn rotation(&self) -> crate::agent::schedule::Policy {
+    pub fn rotation(&self) -> RotationPolicy {
         self.try_rotation().unwrap_or_default()
     }
 
@@ -482,6 +525,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn intervals_follow_the_node_policy() {
+        let s = Duration::from_secs;
+        let p = RotationPolicy::default();
+        assert_eq!(p.interval(None).unwrap(), None);
+        assert_eq!(p.interval(Some(s(120))).unwrap(), Some(s(120)));
+        assert_eq!(
+            p.interval(Some(s(5))).unwrap(),
+            Some(s(30)),
+            "raised to the minimum"
+        );
+        let defaulted = RotationPolicy {
+            default_interval: Some(s(600)),
+            min_interval: s(60),
+            ..RotationPolicy::default()
+        };
+        assert_eq!(defaulted.interval(None).unwrap(), Some(s(600)));
+        assert_eq!(defaulted.interval(Some(s(30))).unwrap(), Some(s(60)));
+        let off = RotationPolicy {
+            enabled: false,
+            default_interval: Some(s(600)),
+            ..RotationPolicy::default()
+        };
+        assert_eq!(off.interval(None).unwrap(), None);
+        let e = off.interval(Some(s(120))).unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::Policy);
+        assert!(e.message().contains("rotation.enabled"), "{e}");
+    }
+
+    #[test]
     fn empty_object_takes_defaults() {
         let c = NodeConfig::parse("{}").unwrap();
         assert_eq!(c.deadline(), DEFAULT_DEADLINE);
@@ -514,7 +586,7 @@ mod tests {
     #[test]
     fn rotation_and_state_dir() {
         let c = NodeConfig::parse("{}").unwrap();
-        assert_eq!(c.rotation(), crate::agent::schedule::Policy::default());
+        assert_eq!(c.rotation(), RotationPolicy::default());
         assert_eq!(c.state_dir(), PathBuf::from("/run/kv"));
         let c = NodeConfig::parse(
             r#"{"rotation":{"enabled":true,"defaultInterval":"5m","minInterval":"1s"},"stateDir":"/run/kv2"}"#,

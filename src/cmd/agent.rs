@@ -4,8 +4,8 @@
 use crate::agent::pass::{self, PassOptions, PassReport};
 use crate::agent::record::{Record, Status, Store};
 use crate::agent::refresh::PipelineRefresh;
-use crate::agent::schedule::format_duration;
 use crate::config::NodeConfig;
+use crate::duration::format as format_duration;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -164,7 +164,7 @@ fn status_json(record: &Record, st: &Status) -> serde_json::Value {
 /// The version directory the volume's `..data` names: what the pod reads now (the link itself
 /// is read, never followed).
 fn current_version(dir: &std::path::Path) -> Option<String> {
-    std::fs::read_link(dir.join(crate::agent::layout::DATA))
+    std::fs::read_link(dir.join(crate::volume::versioned::DATA))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
 }

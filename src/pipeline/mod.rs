@@ -147,7 +147,7 @@ pub fn layout(
     let rotating = rotation(spec, config)?.is_some();
     // A rotating volume holds two versions during a switch (and its links): sized for both.
     let (needed, versions) = if rotating {
-        (crate::agent::layout::needed(&files)?.bytes, 2)
+        (crate::volume::versioned::needed(&files)?.bytes, 2)
     } else {
         (volume::needed_bytes(&files), 1)
     };
