@@ -131,6 +131,9 @@ pub struct Node {
     pub cache: bool,
     /// Most requests in flight to one vault from the node (kv.json `vaultRequestsPerNode`).
     pub vault_requests: usize,
+    /// Ask NMI even when the cache holds the pod's token (and store the new one): NMI decides
+    /// at every rotation refresh whether the pod still has its identity.
+    pub reauthorize_pods: bool,
 }
 
 impl Node {
@@ -141,6 +144,7 @@ impl Node {
             cloud: cloud.clone(),
             cache: config.token_cache(),
             vault_requests: config.vault_requests_per_node() as usize,
+            reauthorize_pods: false,
         }
     }
 }
@@ -281,12 +285,13 @@ impl Provider {
         let key = cache.key(&identity)?;
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
         let margin = nodestate::tokens::DEFAULT_MARGIN;
-        if let Some(hit) = cache.get(&key, margin) {
+        let reuse = !(node.reauthorize_pods && matches!(self.source, Source::Nmi { .. }));
+        if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
             return Ok((from_cached(hit), true));
         }
         let _lock = cache.lock_async(&key, self.deadline.instant()).await?;
         // Whoever held the lock before us may have just stored it.
-        if let Some(hit) = cache.get(&key, margin) {
+        if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
             return Ok((from_cached(hit), true));
         }
         let token = self.ask(resource, assertion.as_ref()).await?;

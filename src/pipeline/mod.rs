@@ -65,13 +65,30 @@ pub fn fetch(
     config: &NodeConfig,
     deadline: Deadline,
 ) -> Result<Vec<FetchedObject>> {
+    fetch_on(
+        spec,
+        cloud,
+        config,
+        deadline,
+        crate::auth::Node::of(config, cloud),
+    )
+}
+
+/// [`fetch`] with explicit node settings (the rotation agent re-asks NMI for pods).
+pub fn fetch_on(
+    spec: &VolumeSpec,
+    cloud: &Cloud,
+    config: &NodeConfig,
+    deadline: Deadline,
+    node: crate::auth::Node,
+) -> Result<Vec<FetchedObject>> {
     block_on(async {
         let http = crate::http::client()?;
         let provider = Provider::on_node(
             token_source(spec, cloud, config)?,
             http.clone(),
             deadline,
-            crate::auth::Node::of(config, cloud),
+            node,
         );
         // Start the token at once: it overlaps the vault's 401 challenge.
         let prefetch = {
