@@ -8,6 +8,7 @@
 //! mount: silently falling back to defaults would drop the operator's policy.
 
 use crate::error::{Code, Error, Result};
+use crate::options::{Identity, ManagedIdentity};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const DEFAULT_TMPFS_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 /// Default NMI port (aad-pod-identity).
 pub const DEFAULT_NMI_PORT: u16 = 2579;
+/// Default cap on the files of one volume (versions and split files count one each).
+pub const DEFAULT_MAX_FILES_PER_VOLUME: u32 = 1000;
 
 /// Log settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -36,15 +39,32 @@ pub struct LogConfig {
     pub max_bytes: Option<u64>,
 }
 
-/// Allow-lists. Absent = allow all (v0.0.17's behaviour); once set, unlisted namespaces are denied.
+/// Allow-lists. The node's managed identity is refused unless `nodeIdentities` or
+/// `nodeIdentityNamespaces` allows it (v0.0.17 let every pod use every identity of the node);
+/// `vaultsByNamespace`, once set, denies unlisted namespaces; `nmiport` may name the node's
+/// `nmiPort` and `nmiPorts` only.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Policy {
-    /// Namespaces whose pods may use the node's managed identity.
+    /// Namespaces whose pods may use any managed identity of the node (shorthand for
+    /// `nodeIdentities: {"<ns>": ["*"]}`).
     pub node_identity_namespaces: Option<Vec<String>>,
+    /// Namespace (or `"*"`: every namespace) → the node identities its pods may use:
+    /// `"system"` (system-assigned), a user-assigned identity's client id or resource id, or
+    /// `"*"` (any).
+    pub node_identities: Option<BTreeMap<String, Vec<String>>>,
     /// Vaults each namespace may name.
     pub vaults_by_namespace: Option<BTreeMap<String, Vec<String>>>,
+    /// NMI ports a pod's `nmiport` may name besides the node's `nmiPort`.
+    pub nmi_ports: Option<Vec<u16>>,
+    /// Namespace (or `"*"`) → the client ids its pods may name with workload identity (or
+    /// `"*"`). Absent: any (workload identity is the pod's own identity; AAD's federated
+    /// credential decides).
+    pub workload_identities: Option<BTreeMap<String, Vec<String>>>,
 }
+
+/// The `kv.json` key that allows node identities, named in refusals.
+pub const NODE_IDENTITIES_KEY: &str = "policy.nodeIdentities";
 
 /// The whole file; absent keys take defaults, unknown keys are an error.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -60,6 +80,8 @@ pub struct NodeConfig {
     pub deadline_seconds: Option<u64>,
     /// Cap on a volume's tmpfs size.
     pub tmpfs_max_bytes: Option<u64>,
+    /// Cap on the number of files of a volume.
+    pub max_files_per_volume: Option<u32>,
     /// Logging.
     pub log: Option<LogConfig>,
     /// Policy.
@@ -78,18 +100,39 @@ impl NodeConfig {
         }
     }
 
-    /// Reads a config file; missing file = defaults.
+    /// Reads a config file; missing file = defaults. The file decides where credentials are
+    /// sent, so only one its reader trusts counts: owned by root (or by the user running kv)
+    /// and writable by nobody else. Checked on the opened file, not the path, so it cannot be
+    /// swapped between the check and the read.
     pub fn load(path: &Path) -> Result<NodeConfig> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeConfig::default()),
-            Err(e) => {
-                return Err(Error::new(
-                    Code::Config,
-                    format!("cannot read node config {}: {e}", path.display()),
-                ))
-            }
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let cannot_read = |e: std::io::Error| {
+            Error::new(
+                Code::Config,
+                format!("cannot read node config {}: {e}", path.display()),
+            )
         };
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeConfig::default()),
+            Err(e) => return Err(cannot_read(e)),
+        };
+        let meta = file.metadata().map_err(cannot_read)?;
+        let owner_ok = meta.uid() == 0 || meta.uid() == rustix::process::geteuid().as_raw();
+        if !owner_ok || meta.mode() & 0o022 != 0 {
+            return Err(Error::new(
+                Code::Config,
+                format!(
+                    "node config {} is owned by uid {} with mode {:o}: it must be owned by root and writable by nobody else (chown root:root and chmod 644 it)",
+                    path.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(cannot_read)?;
         NodeConfig::parse(&text).map_err(|e| {
             Error::new(
                 Code::Config,
@@ -111,6 +154,20 @@ impl NodeConfig {
         }
         if config.nmi_port == Some(0) {
             return Err(Error::new(Code::Config, "nmiPort must be 1..65535"));
+        }
+        if config.max_files_per_volume == Some(0) {
+            return Err(Error::new(
+                Code::Config,
+                "maxFilesPerVolume must be at least 1",
+            ));
+        }
+        if let Some(ports) = config.policy.as_ref().and_then(|p| p.nmi_ports.as_ref()) {
+            if ports.contains(&0) {
+                return Err(Error::new(
+                    Code::Config,
+                    "policy.nmiPorts must be ports 1..65535",
+                ));
+            }
         }
         if let Some(c) = &config.custom_cloud {
             for (name, url) in [
@@ -164,6 +221,12 @@ impl NodeConfig {
         self.nmi_port.unwrap_or(DEFAULT_NMI_PORT)
     }
 
+    /// The cap on one volume's files.
+    pub fn max_files_per_volume(&self) -> u32 {
+        self.max_files_per_volume
+            .unwrap_or(DEFAULT_MAX_FILES_PER_VOLUME)
+    }
+
     /// Log path: `KV_LOG_FILE` wins over the config, then v0.0.17's path.
     pub fn log_path(&self, env_override: Option<PathBuf>) -> PathBuf {
         env_override
@@ -183,24 +246,20 @@ impl NodeConfig {
     pub fn check_policy(
         &self,
         namespace: Option<&str>,
-        uses_node_identity: bool,
+        identity: &Identity,
         vaults: &[&str],
     ) -> Result<()> {
-        let Some(policy) = &self.policy else {
-            return Ok(());
-        };
         let ns = namespace.unwrap_or("");
-        if uses_node_identity {
-            if let Some(allowed) = &policy.node_identity_namespaces {
-                if !allowed.iter().any(|a| a == ns) {
-                    return Err(Error::new(
-                        Code::Policy,
-                        format!(
-                            "namespace \"{ns}\" may not use the node's managed identity (node policy nodeIdentityNamespaces); use pod identity or a service principal, or ask the cluster operator"
-                        ),
-                    ));
-                }
+        let policy = self.policy.clone().unwrap_or_default();
+        match identity {
+            Identity::NodeManagedIdentity { id } => self.check_node_identity(&policy, ns, id)?,
+            Identity::WorkloadIdentity { client_id, .. } => {
+                check_workload_identity(&policy, ns, client_id)?
             }
+            Identity::PodIdentity {
+                nmi_port: Some(port),
+            } => self.check_nmi_port(&policy, *port)?,
+            _ => {}
         }
         if let Some(by_ns) = &policy.vaults_by_namespace {
             let allowed = by_ns.get(ns);
@@ -218,6 +277,102 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// A node identity is a credential of the node shared by every pod on it: only the
+    /// identities the operator listed for the namespace may be used.
+    fn check_node_identity(&self, policy: &Policy, ns: &str, id: &ManagedIdentity) -> Result<()> {
+        let any_ns = policy
+            .node_identity_namespaces
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|a| a == ns));
+        if any_ns {
+            return Ok(());
+        }
+        if policy.node_identities.is_none() && policy.node_identity_namespaces.is_none() {
+            return Err(Error::new(
+                Code::Policy,
+                format!(
+                    "this node allows no pod to use its managed identities: the cluster operator lists the identities each namespace may use in kv.json key {NODE_IDENTITIES_KEY}, e.g. {{\"policy\":{{\"nodeIdentities\":{{\"{ns}\":[\"system\"]}}}}}}; or use pod identity or a service principal"
+                ),
+            ));
+        }
+        // The namespace's own entries and those of `"*"` (every namespace).
+        let listed = policy
+            .node_identities
+            .iter()
+            .flat_map(|m| [m.get(ns), m.get("*")])
+            .flatten()
+            .flatten();
+        let allowed = listed.into_iter().any(|entry| match (entry.as_str(), id) {
+            ("*", _) => true,
+            ("system", ManagedIdentity::System) => true,
+            // Client ids are GUIDs and resource ids are case-insensitive in Azure.
+            (e, ManagedIdentity::ClientId(x) | ManagedIdentity::ResourceId(x)) => {
+                e.eq_ignore_ascii_case(x)
+            }
+            _ => false,
+        });
+        if allowed {
+            return Ok(());
+        }
+        let identity = match id {
+            ManagedIdentity::ClientId(id) | ManagedIdentity::ResourceId(id) => {
+                format!("user-assigned identity {id}")
+            }
+            ManagedIdentity::System => "system-assigned identity".to_string(),
+        };
+        Err(Error::new(
+            Code::Policy,
+            format!(
+                "namespace \"{ns}\" may not use the node's {identity} (node policy {NODE_IDENTITIES_KEY} and policy.nodeIdentityNamespaces in kv.json); use pod identity or a service principal, or ask the cluster operator"
+            ),
+        ))
+    }
+}
+
+/// With `policy.workloadIdentities` set, a namespace may name only the client ids listed for it
+/// (or for `"*"`).
+fn check_workload_identity(policy: &Policy, ns: &str, client_id: &str) -> Result<()> {
+    let Some(map) = &policy.workload_identities else {
+        return Ok(());
+    };
+    let allowed = [map.get(ns), map.get("*")]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e == "*" || e.eq_ignore_ascii_case(client_id));
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::new(
+        Code::Policy,
+        format!(
+            "namespace \"{ns}\" may not use workload identity {client_id} (node policy policy.workloadIdentities in kv.json); ask the cluster operator"
+        ),
+    ))
+}
+
+impl NodeConfig {
+    /// `nmiport` makes kv send the pod's name to a loopback port of its choosing: only NMI's
+    /// configured port and the ones the operator listed may be named.
+    fn check_nmi_port(&self, policy: &Policy, port: u16) -> Result<()> {
+        let mut allowed = vec![self.nmi_port()];
+        allowed.extend(policy.nmi_ports.iter().flatten().copied());
+        if allowed.contains(&port) {
+            return Ok(());
+        }
+        let list = allowed
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::new(
+            Code::Policy,
+            format!(
+                "nmiport {port} is not allowed on this node (allowed: {list}); remove nmiport, or ask the cluster operator to add it to kv.json policy.nmiPorts"
+            ),
+        ))
     }
 }
 
@@ -240,10 +395,12 @@ mod tests {
         let c = NodeConfig::parse(
             r#"{"cloud":"AzureChinaCloud","customCloud":{"authorityHost":"https://login.local","keyVaultDnsSuffix":"vault.local","keyVaultResource":"https://vault.local"},
             "nmiPort":2580,"deadlineSeconds":5,"tmpfsMaxBytes":1048576,"log":{"path":"/tmp/l","maxBytes":100},
-            "policy":{"nodeIdentityNamespaces":["ops"],"vaultsByNamespace":{"ops":["kv1"]}}}"#,
+            "maxFilesPerVolume":50,
+            "policy":{"nodeIdentityNamespaces":["ops"],"nodeIdentities":{"web":["system"]},"vaultsByNamespace":{"ops":["kv1"]},"nmiPorts":[2581]}}"#,
         )
         .unwrap();
         assert_eq!(c.deadline(), Duration::from_secs(5));
+        assert_eq!(c.max_files_per_volume(), 50);
         assert_eq!(c.nmi_port(), 2580);
         assert_eq!(c.tmpfs_max_bytes(), 1 << 20);
         assert_eq!(c.log_path(None), PathBuf::from("/tmp/l"));
@@ -265,34 +422,136 @@ mod tests {
         }
     }
 
+    fn node(client_id: Option<&str>) -> Identity {
+        Identity::NodeManagedIdentity {
+            id: match client_id {
+                Some(id) if id.starts_with('/') => ManagedIdentity::ResourceId(id.to_string()),
+                Some(id) => ManagedIdentity::ClientId(id.to_string()),
+                None => ManagedIdentity::System,
+            },
+        }
+    }
+
+    #[test]
+    fn workload_identities_are_free_unless_listed() {
+        let wi = |id: &str| Identity::WorkloadIdentity {
+            client_id: id.into(),
+            token: crate::options::TokenPath {
+                volume: "v".into(),
+                file: "f".into(),
+            },
+        };
+        assert!(NodeConfig::default()
+            .check_policy(Some("web"), &wi("a"), &["kv"])
+            .is_ok());
+        let c =
+            NodeConfig::parse(r#"{"policy":{"workloadIdentities":{"web":["A"],"*":["shared"]}}}"#)
+                .unwrap();
+        assert!(c.check_policy(Some("web"), &wi("a"), &["kv"]).is_ok());
+        assert!(c.check_policy(Some("ops"), &wi("shared"), &["kv"]).is_ok());
+        let e = c.check_policy(Some("ops"), &wi("a"), &["kv"]).unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("policy.workloadIdentities"), "{e}");
+    }
+
+    #[test]
+    fn node_identities_by_resource_id() {
+        let rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app";
+        let c = NodeConfig::parse(&format!(
+            r#"{{"policy":{{"nodeIdentities":{{"web":["{}"]}}}}}}"#,
+            rid.to_ascii_lowercase()
+        ))
+        .unwrap();
+        assert!(c
+            .check_policy(Some("web"), &node(Some(rid)), &["kv"])
+            .is_ok());
+        assert!(c.check_policy(Some("web"), &node(None), &["kv"]).is_err());
+        assert!(c
+            .check_policy(Some("ops"), &node(Some(rid)), &["kv"])
+            .is_err());
+    }
+
+    const POD: Identity = Identity::PodIdentity { nmi_port: None };
+
     #[test]
     fn policy_is_an_allow_list() {
         let c = NodeConfig::parse(
             r#"{"policy":{"nodeIdentityNamespaces":["ops"],"vaultsByNamespace":{"ops":["kv1"],"web":["kv2"]}}}"#,
         )
         .unwrap();
-        assert!(c.check_policy(Some("ops"), true, &["kv1"]).is_ok());
-        assert_eq!(
-            c.check_policy(Some("web"), true, &["kv2"])
-                .unwrap_err()
-                .code(),
-            Code::Policy
-        );
-        assert!(c.check_policy(Some("web"), false, &["kv2"]).is_ok());
-        assert_eq!(
-            c.check_policy(Some("web"), false, &["kv1"])
-                .unwrap_err()
-                .code(),
-            Code::Policy
-        );
-        assert_eq!(
-            c.check_policy(Some("other"), false, &["kv1"])
-                .unwrap_err()
-                .code(),
-            Code::Policy
-        );
-        assert!(NodeConfig::default()
-            .check_policy(Some("x"), true, &["any"])
+        assert!(c.check_policy(Some("ops"), &node(None), &["kv1"]).is_ok());
+        assert!(c
+            .check_policy(Some("ops"), &node(Some("abc")), &["kv1"])
             .is_ok());
+        assert_eq!(
+            c.check_policy(Some("web"), &node(None), &["kv2"])
+                .unwrap_err()
+                .code(),
+            Code::Policy
+        );
+        assert!(c.check_policy(Some("web"), &POD, &["kv2"]).is_ok());
+        assert_eq!(
+            c.check_policy(Some("web"), &POD, &["kv1"])
+                .unwrap_err()
+                .code(),
+            Code::Policy
+        );
+        assert_eq!(
+            c.check_policy(Some("other"), &POD, &["kv1"])
+                .unwrap_err()
+                .code(),
+            Code::Policy
+        );
+    }
+
+    #[test]
+    fn without_a_policy_node_identity_is_refused_naming_the_key() {
+        let e = NodeConfig::default()
+            .check_policy(Some("x"), &node(None), &["any"])
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("policy.nodeIdentities"), "{e}");
+        assert!(NodeConfig::default()
+            .check_policy(Some("x"), &POD, &["any"])
+            .is_ok());
+    }
+
+    #[test]
+    fn node_identities_name_what_each_namespace_may_use() {
+        let c = NodeConfig::parse(
+            r#"{"policy":{"nodeIdentities":{"ops":["system","AbC-1"],"web":["*"],"ci":["/subscriptions/s/resourcegroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/ci"]}}}"#,
+        )
+        .unwrap();
+        assert!(c.check_policy(Some("ops"), &node(None), &[]).is_ok());
+        assert!(c
+            .check_policy(Some("ops"), &node(Some("abc-1")), &[])
+            .is_ok());
+        let e = c
+            .check_policy(Some("ops"), &node(Some("kubelet-id")), &[])
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("kubelet-id"), "{e}");
+        assert!(c.check_policy(Some("web"), &node(Some("any")), &[]).is_ok());
+        assert!(c.check_policy(Some("web"), &node(None), &[]).is_ok());
+        assert!(c.check_policy(Some("ci"), &node(None), &[]).is_err());
+        assert!(c.check_policy(Some("other"), &node(None), &[]).is_err());
+        // The line that restores v0.0.17's behaviour for a trusted cluster.
+        let c = NodeConfig::parse(r#"{"policy":{"nodeIdentities":{"*":["*"]}}}"#).unwrap();
+        assert!(c.check_policy(Some("any"), &node(Some("x")), &[]).is_ok());
+    }
+
+    #[test]
+    fn nmiport_must_be_allowed() {
+        let pod = |p| Identity::PodIdentity { nmi_port: Some(p) };
+        let c = NodeConfig::default();
+        assert!(c.check_policy(Some("a"), &pod(2579), &[]).is_ok());
+        let e = c.check_policy(Some("a"), &pod(22), &[]).unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("nmiport 22"), "{e}");
+        let c = NodeConfig::parse(r#"{"nmiPort":2580,"policy":{"nmiPorts":[8085]}}"#).unwrap();
+        assert!(c.check_policy(Some("a"), &pod(2580), &[]).is_ok());
+        assert!(c.check_policy(Some("a"), &pod(8085), &[]).is_ok());
+        assert!(c.check_policy(Some("a"), &pod(2579), &[]).is_err());
+        assert!(NodeConfig::parse(r#"{"policy":{"nmiPorts":[0]}}"#).is_err());
     }
 }

@@ -64,6 +64,11 @@ codes! {
     AadClient = "KV_AAD_CLIENT", exit 3;
     /// AAD failed otherwise (unknown tenant or application).
     Aad = "KV_AAD", exit 3;
+    /// AAD has no federated identity credential matching the pod's service-account token.
+    AadFederation = "KV_AAD_FEDERATION", exit 3;
+    /// The pod's projected service-account token is missing, unreadable, or its claims do not
+    /// fit (audience, subject, expiry).
+    SaToken = "KV_SA_TOKEN", exit 3;
     /// Key Vault rejected the token (audience, issuer, expiry).
     VaultUnauthorized = "KV401_UNAUTHORIZED", exit 3;
     /// The identity lacks a permission on the vault.

@@ -74,6 +74,19 @@ fn roots() -> Result<rustls::RootCertStore> {
 /// whole would let that server exhaust the node's memory.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The running count of one body's bytes against [`MAX_BODY_BYTES`]: the one cap both readers
+/// (the token sources' [`read_bounded`] and the SDK's [`BoundedTransport`]) apply.
+#[derive(Debug, Default)]
+struct BodyCap(usize);
+
+impl BodyCap {
+    /// Counts a chunk; false once the body is over the cap.
+    fn admit(&mut self, chunk: usize) -> bool {
+        self.0 = self.0.saturating_add(chunk);
+        self.0 <= MAX_BODY_BYTES
+    }
+}
+
 /// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`].
 #[derive(Debug, Clone)]
 pub struct BoundedTransport {
@@ -98,11 +111,10 @@ impl azure_core::http::HttpClient for BoundedTransport {
         }
         let response = response?;
         let (status, headers, body) = response.deconstruct();
-        let mut seen = 0usize;
+        let mut cap = BodyCap::default();
         let bounded = body.map(move |chunk| {
             let chunk = chunk?;
-            seen += chunk.len();
-            if seen > MAX_BODY_BYTES {
+            if !cap.admit(chunk.len()) {
                 return Err(azure_core::Error::with_message(
                     azure_core::error::ErrorKind::DataConversion,
                     format!("response body is larger than {MAX_BODY_BYTES} bytes"),
@@ -121,11 +133,109 @@ impl azure_core::http::HttpClient for BoundedTransport {
 /// Reads a token endpoint's body, refusing more than [`MAX_BODY_BYTES`].
 pub async fn read_bounded(mut response: reqwest::Response) -> Option<Vec<u8>> {
     let mut body = Vec::new();
+    let mut cap = BodyCap::default();
     while let Ok(Some(chunk)) = response.chunk().await {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
+        if !cap.admit(chunk.len()) {
             return None;
         }
         body.extend_from_slice(&chunk);
     }
     Some(body)
+}
+
+/// The delay a throttling or busy server asks for, from whichever of its headers it sent:
+/// `retry-after-ms` and `x-ms-retry-after-ms` (milliseconds, Azure's), else `Retry-After` as
+/// seconds or as an HTTP date. `header` looks a header up by lower-case name, so one parser
+/// serves reqwest's and azure_core's header maps. A date in the past is no wait.
+pub fn retry_after<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<Duration> {
+    let number = |name: &str| header(name).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(ms) = number("retry-after-ms").or_else(|| number("x-ms-retry-after-ms")) {
+        return Some(Duration::from_millis(ms));
+    }
+    let value = header("retry-after")?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = azure_core::time::parse_rfc7231(value).ok()?;
+    let wait = at - time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+/// [`retry_after`] over reqwest's headers (the token sources).
+pub fn retry_after_reqwest(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    retry_after(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// [`retry_after`] over azure_core's headers (Key Vault).
+pub fn retry_after_sdk(headers: &azure_core::http::headers::Headers) -> Option<Duration> {
+    retry_after(|name| {
+        headers.get_optional_str(&azure_core::http::headers::HeaderName::from(
+            name.to_string(),
+        ))
+    })
+}
+
+/// The innermost cause of an error (a refused connection, a TLS verdict): the outer layers
+/// only say "error sending request". [`crate::error::Error::new`] flattens it to one line.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(
+        pairs: &'a [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<&'static str> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn retry_after_reads_every_form() {
+        assert_eq!(
+            retry_after(headers(&[("retry-after", "3")])),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(headers(&[("retry-after", "3"), ("retry-after-ms", "250")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            retry_after(headers(&[("x-ms-retry-after-ms", "40")])),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(
+            retry_after(headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])),
+            Some(Duration::ZERO)
+        );
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(120);
+        let date: &'static str = Box::leak(azure_core::time::to_rfc7231(&later).into_boxed_str());
+        let wait = retry_after(headers(&[("retry-after", date)])).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after(headers(&[("retry-after", "soon")])), None);
+        assert_eq!(retry_after(headers(&[])), None);
+    }
+
+    #[test]
+    fn the_cap_counts_across_chunks() {
+        let mut cap = BodyCap::default();
+        assert!(cap.admit(MAX_BODY_BYTES - 1));
+        assert!(cap.admit(1));
+        assert!(!cap.admit(1));
+    }
+
+    #[test]
+    fn root_cause_is_the_innermost_error() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused\nnow");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(root_cause(&outer), "refused\nnow");
+    }
 }

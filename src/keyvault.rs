@@ -66,17 +66,21 @@ impl Policy for PrefetchedBearer {
     }
 }
 
-/// Retries Key Vault's transient answers (429 and 503 honouring `Retry-After`/`x-ms-retry-after-ms`,
-/// 408, 500, 502, 504, connection resets) with a jittered backoff starting at 100 ms, and never
+/// Retries Key Vault's transient answers (429 and 503 honouring the Retry-After headers, 408,
+/// 500, 502, 504, connection resets) through the one retry loop ([`crate::retry::run`]), never
 /// 400/401/403/404. When the next wait would pass the deadline it returns the last answer at
 /// once, so the user sees "throttled" or "HTTP 500" instead of a bare timeout.
 #[derive(Debug)]
 struct DeadlineRetry {
-    deadline: crate::auth::Deadline,
+    deadline: crate::retry::Deadline,
 }
 
-/// Attempts per request at most: bounds the requests one mount can make.
-const KEYVAULT_MAX_ATTEMPTS: u32 = 8;
+const KEYVAULT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
+    first: std::time::Duration::from_millis(100),
+    max: std::time::Duration::from_secs(2),
+    // Attempts per request at most: bounds the requests one mount can make.
+    max_attempts: 8,
+};
 
 #[async_trait]
 impl Policy for DeadlineRetry {
@@ -86,55 +90,57 @@ impl Policy for DeadlineRetry {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
+        use crate::retry::{Attempt, Ended};
         use azure_core::error::ErrorKind;
-        let mut delay = std::time::Duration::from_millis(100);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = next[0].send(ctx, request, &next[1..]).await;
-            let (retry, after) = match &result {
-                Ok(resp) => match u16::from(resp.status()) {
-                    429 | 503 => (true, retry_after(resp.headers())),
-                    408 | 500 | 502 | 504 => (true, None),
-                    _ => (false, None),
-                },
-                Err(e) => (
-                    matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection),
-                    None,
-                ),
-            };
-            if !retry || attempt >= KEYVAULT_MAX_ATTEMPTS {
-                return result;
+        let what = format!("Key Vault {}", request.url().path());
+        // Each attempt sends a fresh copy: what later policies add (authorization) is per try.
+        let original: &Request = request;
+        let ended = crate::retry::run(&what, &self.deadline, KEYVAULT_BACKOFF, |_| {
+            let mut request = original.clone();
+            async move {
+                let result = next[0].send(ctx, &mut request, &next[1..]).await;
+                let (retry, after, why) = match &result {
+                    Ok(resp) => {
+                        let status = u16::from(resp.status());
+                        match status {
+                            429 | 503 => {
+                                (true, crate::http::retry_after_sdk(resp.headers()), status)
+                            }
+                            408 | 500 | 502 | 504 => (true, None, status),
+                            _ => (false, None, status),
+                        }
+                    }
+                    Err(e) => (
+                        matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection),
+                        None,
+                        0,
+                    ),
+                };
+                if retry {
+                    let why = match &result {
+                        Err(e) => crate::http::root_cause(e),
+                        Ok(_) => format!("HTTP {why}"),
+                    };
+                    Attempt::Retry {
+                        after,
+                        outcome: result,
+                        why,
+                    }
+                } else {
+                    Attempt::Done(result)
+                }
             }
-            let wait = after.unwrap_or_else(|| crate::auth::jitter(delay));
-            // Retry only if the next attempt still has time to finish: otherwise the deadline
-            // would cut it off and the user would see a bare timeout instead of this answer.
-            if wait + crate::auth::RETRY_MARGIN >= self.deadline.remaining() {
-                return result;
+        })
+        .await;
+        match ended {
+            Ended::Done(result) | Ended::OutOfAttempts(result) | Ended::OutOfTime(Some(result)) => {
+                result
             }
-            let status = result.as_ref().map(|r| u16::from(r.status())).unwrap_or(0);
-            crate::log::warn(
-                "retry",
-                serde_json::json!({"what": "Key Vault", "path": request.url().path(), "attempt": attempt, "status": status, "wait_ms": wait.as_millis() as u64}),
-            );
-            drop(result);
-            tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            // Nothing came back before the deadline: the call's outer timeout (OUTER_GRACE
+            // later) reports the stall with its cause (a pending token, or Key Vault itself).
+            Ended::OutOfTime(None) => std::future::pending().await,
         }
     }
-}
-
-fn retry_after(headers: &azure_core::http::headers::Headers) -> Option<std::time::Duration> {
-    use azure_core::http::headers::HeaderName;
-    let get = |name: &'static str| {
-        headers
-            .get_optional_str(&HeaderName::from_static(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    get("x-ms-retry-after-ms")
-        .or_else(|| get("retry-after-ms"))
-        .map(std::time::Duration::from_millis)
-        .or_else(|| get("retry-after").map(std::time::Duration::from_secs))
 }
 
 /// The three SDK clients of one vault.
@@ -186,6 +192,85 @@ impl VaultClients {
     }
 }
 
+/// One Key Vault answer, before rendering.
+#[derive(Clone)]
+enum Raw {
+    Secret(azure_security_keyvault_secrets::models::Secret),
+    Key(azure_security_keyvault_keys::models::Key),
+    Cert(azure_security_keyvault_certificates::models::Certificate),
+}
+
+/// (vault, kind, name, version), case-folded as Key Vault folds them.
+type ObjectKey = (String, &'static str, String, Option<String>);
+
+/// What the concurrent fetches of one volume share.
+#[derive(Default)]
+struct Shared {
+    cache: std::sync::Mutex<
+        std::collections::HashMap<ObjectKey, Arc<tokio::sync::OnceCell<Result<Raw>>>>,
+    >,
+    budget: Budget,
+}
+
+/// The volume's bounds, applied while fetching: a volume over them stops as soon as it is
+/// known to be, instead of after every object is in memory (memory charged to kubelet).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of tmpfs the files may take (node config `tmpfsMaxBytes`).
+    pub max_bytes: u64,
+    /// Files the volume may hold (node config `maxFilesPerVolume`).
+    pub max_files: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bytes: crate::config::DEFAULT_TMPFS_MAX_BYTES,
+            max_files: crate::config::DEFAULT_MAX_FILES_PER_VOLUME,
+        }
+    }
+}
+
+/// The running totals against [`Limits`].
+#[derive(Debug, Default)]
+struct Budget {
+    limits: Limits,
+    used: std::sync::Mutex<(u64, u64)>,
+}
+
+impl Budget {
+    /// Counts one object version's files (tmpfs charges whole pages).
+    fn charge(&self, files: &[RenderedFile], o: &ObjectSpec) -> Result<()> {
+        let bytes: u64 = files
+            .iter()
+            .map(|f| crate::volume::page_bytes(f.bytes.len()))
+            .sum();
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.0 += bytes;
+        used.1 += files.len() as u64;
+        if used.1 > u64::from(self.limits.max_files) {
+            return Err(too_many_files(self.limits.max_files));
+        }
+        if used.0 > self.limits.max_bytes {
+            return Err(Error::new(
+                Code::Mount,
+                format!(
+                    "the objects need more than {} bytes of tmpfs, above this node's cap (node config tmpfsMaxBytes); kv stopped fetching at `{}` in vault {}",
+                    self.limits.max_bytes, o.name, o.vault
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn too_many_files(max: u32) -> Error {
+    Error::new(
+        Code::Mount,
+        format!("the volume would hold more than {max} files, this node's cap (node config maxFilesPerVolume); name fewer objects or a smaller objectVersionHistory"),
+    )
+}
+
 /// What the fetch needs.
 pub struct Fetcher {
     /// The call's HTTP client (shared pool for tokens and vaults).
@@ -195,7 +280,9 @@ pub struct Fetcher {
     /// Cloud of every vault in the volume.
     pub cloud: Cloud,
     /// The call's deadline.
-    pub deadline: crate::auth::Deadline,
+    pub deadline: crate::retry::Deadline,
+    /// The volume's bounds.
+    pub limits: Limits,
 }
 
 impl Fetcher {
@@ -227,6 +314,20 @@ impl Fetcher {
 
     /// Fetches and renders every object; the first failure (in object order) wins.
     pub async fn fetch_all(&self, objects: &[ObjectSpec]) -> Result<Vec<FetchedObject>> {
+        // Every object that is not optional is at least one file: refuse before any request
+        // when that is already too many.
+        let at_least = objects.iter().filter(|o| !o.optional).count() as u64;
+        if at_least > u64::from(self.limits.max_files) {
+            return Err(too_many_files(self.limits.max_files));
+        }
+        let shared = Shared {
+            budget: Budget {
+                limits: self.limits,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let shared = &shared;
         let credential = Credential(self.provider.clone());
         // Per object, in order: the clients it uses. The first object of each vault takes the
         // challenged clients; the rest wait for the prefetched token.
@@ -266,10 +367,10 @@ impl Fetcher {
                         self.provider.token(&self.cloud.vault_resource).await?;
                         let _ = gate.wait_for(|done| *done).await;
                     }
-                    self.fetch_one(index, o, &clients).await
+                    self.fetch_one(index, o, &clients, shared).await
                 });
         let results =
-            tokio::time::timeout(self.deadline.remaining() + crate::auth::OUTER_GRACE, join_all(futures))
+            tokio::time::timeout(self.deadline.remaining() + crate::retry::OUTER_GRACE, join_all(futures))
             .await
             .map_err(|_| match (self.provider.pending(), self.provider.last_error()) {
                 // Still waiting for the token, or it failed: that service is the cause, not Key Vault.
@@ -291,6 +392,7 @@ impl Fetcher {
         index: usize,
         o: &ObjectSpec,
         clients: &VaultClients,
+        shared: &Shared,
     ) -> Result<FetchedObject> {
         let started = Instant::now();
         let versions: Vec<Option<String>> = if o.version_history > 1 {
@@ -304,8 +406,8 @@ impl Fetcher {
         };
         let mut files = Vec::new();
         for (i, version) in versions.iter().enumerate() {
-            let rendered = match self.get_rendered(o, clients, version.as_deref()).await {
-                Ok(r) => r,
+            let rendered = match self.get_raw(o, clients, version.as_deref(), shared).await {
+                Ok(raw) => self.render(o, raw)?,
                 Err(e) if e.code() == Code::NotFound && o.optional => {
                     crate::log::warn(
                         "optional_missing",
@@ -318,6 +420,7 @@ impl Fetcher {
                 }
                 Err(e) => return Err(e),
             };
+            shared.budget.charge(&rendered, o)?;
             for f in rendered {
                 files.push((o.file_path(i, f.suffix), f));
             }
@@ -330,31 +433,79 @@ impl Fetcher {
         Ok(FetchedObject { index, files })
     }
 
-    async fn get_rendered(
+    /// The object's answer from Key Vault, fetched once per (vault, kind, name, version) however
+    /// many objects of the volume name it (aliases, formats, split files of one certificate).
+    async fn get_raw(
         &self,
         o: &ObjectSpec,
         clients: &VaultClients,
         version: Option<&str>,
-    ) -> Result<Vec<RenderedFile>> {
+        shared: &Shared,
+    ) -> Result<Raw> {
+        let key = (
+            o.vault.to_ascii_lowercase(),
+            kind_name(o.kind),
+            o.name.to_ascii_lowercase(),
+            version.map(str::to_ascii_lowercase),
+        );
+        let slot = {
+            let mut cache = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.entry(key).or_default().clone()
+        };
+        slot.get_or_init(|| self.fetch_raw(o, clients, version))
+            .await
+            .clone()
+    }
+
+    async fn fetch_raw(
+        &self,
+        o: &ObjectSpec,
+        clients: &VaultClients,
+        version: Option<&str>,
+    ) -> Result<Raw> {
+        // The three clients have the same call with different option and model types.
+        macro_rules! get {
+            ($client:ident . $method:ident, $options:ident { $version:ident }, $raw:ident) => {{
+                let resp = clients
+                    .$client
+                    .$method(
+                        &o.name,
+                        Some($options {
+                            $version: version.map(str::to_string),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                self.model(o, version, resp).map(Raw::$raw)
+            }};
+        }
+        match o.kind {
+            ObjectKind::Secret => get!(
+                secrets.get_secret,
+                SecretClientGetSecretOptions { secret_version },
+                Secret
+            ),
+            ObjectKind::Key => get!(keys.get_key, KeyClientGetKeyOptions { key_version }, Key),
+            ObjectKind::Cert => get!(
+                certs.get_certificate,
+                CertificateClientGetCertificateOptions {
+                    certificate_version
+                },
+                Cert
+            ),
+        }
+    }
+
+    /// The files of one answer, rendered with the object's options.
+    fn render(&self, o: &ObjectSpec, raw: Raw) -> Result<Vec<RenderedFile>> {
         let render_err = |e: render::RenderError| {
             Error::new(
                 Code::Render,
                 format!("vault {} object `{}`: {e}", o.vault, o.name),
             )
         };
-        match o.kind {
-            ObjectKind::Secret => {
-                let resp = clients
-                    .secrets
-                    .get_secret(
-                        &o.name,
-                        Some(SecretClientGetSecretOptions {
-                            secret_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                let secret = self.model(o, version, resp)?;
+        match raw {
+            Raw::Secret(secret) => {
                 let value = zeroize::Zeroizing::new(secret.value.unwrap_or_default());
                 render::render_secret(
                     &o.name,
@@ -365,18 +516,7 @@ impl Fetcher {
                 )
                 .map_err(render_err)
             }
-            ObjectKind::Key => {
-                let resp = clients
-                    .keys
-                    .get_key(
-                        &o.name,
-                        Some(KeyClientGetKeyOptions {
-                            key_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                let key = self.model(o, version, resp)?;
+            Raw::Key(key) => {
                 let jwk = key.key.ok_or_else(|| {
                     Error::new(
                         Code::Vault,
@@ -397,18 +537,7 @@ impl Fetcher {
                 };
                 render::render_key(&o.name, &material, &o.render).map_err(render_err)
             }
-            ObjectKind::Cert => {
-                let resp = clients
-                    .certs
-                    .get_certificate(
-                        &o.name,
-                        Some(CertificateClientGetCertificateOptions {
-                            certificate_version: version.map(str::to_string),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                let cert = self.model(o, version, resp)?;
+            Raw::Cert(cert) => {
                 let der = cert.cer.ok_or_else(|| {
                     Error::new(
                         Code::Vault,
@@ -533,71 +662,26 @@ impl Fetcher {
                 ..
             } => {
                 let status = u16::from(*status);
-                let (code, inner, message, request_id) = match raw_response {
-                    Some(raw) => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(raw.body()).unwrap_or_default();
-                        let err = v.get("error").cloned().unwrap_or_default();
-                        let s = |x: &serde_json::Value, k: &str| {
-                            x.get(k).and_then(|y| y.as_str()).unwrap_or("").to_string()
-                        };
-                        let inner = err
-                            .get("innererror")
-                            .map(|i| s(i, "code"))
-                            .unwrap_or_default();
-                        let rid = raw
-                            .headers()
+                let (answer, request_id) = match raw_response {
+                    Some(raw) => (
+                        VaultAnswer::parse(status, raw.body()),
+                        raw.headers()
                             .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
                                 "x-ms-request-id",
                             ))
                             .unwrap_or("")
-                            .to_string();
-                        (s(&err, "code"), inner, s(&err, "message"), rid)
-                    }
-                    None => Default::default(),
+                            .to_string(),
+                    ),
+                    None => (VaultAnswer::parse(status, b""), String::new()),
                 };
                 crate::log::error(
                     "keyvault_error",
-                    serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": code, "innererror": inner, "request_id": request_id}),
+                    serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": answer.code, "innererror": answer.inner, "request_id": request_id}),
                 );
-                let first_line = crate::error::printable(message.lines().next().unwrap_or(""));
-                let who = self.provider.identity_name();
-                match status {
-                    401 => Error::new(
-                        Code::VaultUnauthorized,
-                        format!("Key Vault rejected the token of {who} for {what} ({code}: {first_line}); check the cloud and tenant of the identity"),
-                    ),
-                    403 if inner == "SecretDisabled" || code.ends_with("Disabled") || message.contains("disabled") => Error::new(
-                        Code::Disabled,
-                        format!("{what} is disabled; enable it or name an enabled version"),
-                    ),
-                    403 => Error::new(
-                        Code::Forbidden,
-                        format!(
-                            "{who} may not get {what} ({}); grant it `get` on {} in the vault's access policy or the Key Vault {} User role",
-                            if inner.is_empty() { code.clone() } else { inner.clone() },
-                            plural(o.kind),
-                            role_noun(o.kind)
-                        ),
-                    ),
-                    404 => Error::new(
-                        Code::NotFound,
-                        format!("{what} was not found ({code}); check the name and version, or mark the object optional"),
-                    ),
-                    429 => Error::new(
-                        Code::Throttled,
-                        format!("Key Vault kept throttling requests for {what} until the deadline; spread pod starts or raise the vault's limits"),
-                    ),
-                    _ => Error::new(Code::Vault, format!("Key Vault answered HTTP {status} ({code}) for {what}")),
-                }
+                answer.classify(&what, &self.provider.identity_name(), o.kind)
             }
             ErrorKind::Io | ErrorKind::Connection => {
-                let mut cause = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    cause = s.to_string();
-                    src = s.source();
-                }
+                let cause = crate::http::root_cause(&e);
                 Error::new(
                     Code::Network,
                     format!(
@@ -614,6 +698,82 @@ impl Fetcher {
                     "Key Vault answer for {what} is unusable: {}",
                     crate::error::printable(&e.to_string())
                 ),
+            ),
+        }
+    }
+}
+
+/// What a Key Vault error answer says: its status and the `error` object of its body.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VaultAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `error.code`, e.g. `Forbidden`, `SecretNotFound`.
+    pub code: String,
+    /// `error.innererror.code`, e.g. `AccessDenied`, `SecretDisabled`.
+    pub inner: String,
+    /// The first line of `error.message`.
+    pub message: String,
+}
+
+impl VaultAnswer {
+    /// Reads a status and body; a body that is not Key Vault's error JSON gives empty fields.
+    pub fn parse(status: u16, body: &[u8]) -> VaultAnswer {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let err = v.get("error").cloned().unwrap_or_default();
+        let s = |x: &serde_json::Value, k: &str| {
+            x.get(k).and_then(|y| y.as_str()).unwrap_or("").to_string()
+        };
+        let message = s(&err, "message");
+        VaultAnswer {
+            status,
+            code: s(&err, "code"),
+            inner: err
+                .get("innererror")
+                .map(|i| s(i, "code"))
+                .unwrap_or_default(),
+            message: message.lines().next().unwrap_or("").to_string(),
+        }
+    }
+
+    /// The catalogue error and message for `what` (e.g. "secret `db` in vault kv1"), read by
+    /// `who` (the identity as an access policy names it), of object kind `kind`.
+    pub fn classify(&self, what: &str, who: &str, kind: ObjectKind) -> Error {
+        let code = crate::error::printable(&self.code);
+        let inner = crate::error::printable(&self.inner);
+        let first_line = crate::error::printable(&self.message);
+        let disabled = self.inner == "SecretDisabled"
+            || self.code.ends_with("Disabled")
+            || self.message.contains("disabled");
+        match self.status {
+            401 => Error::new(
+                Code::VaultUnauthorized,
+                format!("Key Vault rejected the token of {who} for {what} ({code}: {first_line}); check the cloud and tenant of the identity"),
+            ),
+            403 if disabled => Error::new(
+                Code::Disabled,
+                format!("{what} is disabled; enable it or name an enabled version"),
+            ),
+            403 => Error::new(
+                Code::Forbidden,
+                format!(
+                    "{who} may not get {what} ({}); grant it `get` on {} in the vault's access policy or the Key Vault {} User role",
+                    if inner.is_empty() { &code } else { &inner },
+                    plural(kind),
+                    role_noun(kind)
+                ),
+            ),
+            404 => Error::new(
+                Code::NotFound,
+                format!("{what} was not found ({code}); check the name and version, or mark the object optional"),
+            ),
+            429 => Error::new(
+                Code::Throttled,
+                format!("Key Vault kept throttling requests for {what} until the deadline; spread pod starts or raise the vault's limits"),
+            ),
+            status => Error::new(
+                Code::Vault,
+                format!("Key Vault answered HTTP {status} ({code}) for {what}"),
             ),
         }
     }
@@ -661,5 +821,55 @@ fn role_noun(k: ObjectKind) -> &'static str {
         ObjectKind::Secret => "Secrets",
         ObjectKind::Key => "Crypto",
         ObjectKind::Cert => "Certificate",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(status: u16, body: &str) -> Error {
+        VaultAnswer::parse(status, body.as_bytes()).classify(
+            "secret `db` in vault kv1",
+            "managed identity abc",
+            ObjectKind::Secret,
+        )
+    }
+
+    #[test]
+    fn statuses_and_bodies_map_to_catalogue_codes() {
+        let forbidden = r#"{"error":{"code":"Forbidden","message":"The user, group or application 'appid=abc' does not have secrets get permission.\nMore text","innererror":{"code":"AccessDenied"}}}"#;
+        let e = classify(403, forbidden);
+        assert_eq!(e.code(), Code::Forbidden);
+        assert!(e.message().starts_with("managed identity abc may not get secret `db` in vault kv1 (AccessDenied); grant it `get` on secrets"), "{e}");
+        assert!(e.message().contains("Key Vault Secrets User"), "{e}");
+
+        let disabled = r#"{"error":{"code":"Forbidden","message":"Operation get is not allowed on a disabled secret.","innererror":{"code":"SecretDisabled"}}}"#;
+        assert_eq!(classify(403, disabled).code(), Code::Disabled);
+
+        let e = classify(
+            404,
+            r#"{"error":{"code":"SecretNotFound","message":"A secret with (name/id) db was not found in this key vault."}}"#,
+        );
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.message().contains("(SecretNotFound)"), "{e}");
+
+        let e = classify(
+            401,
+            r#"{"error":{"code":"Unauthorized","message":"AKV10022: Invalid audience.\nsecond line"}}"#,
+        );
+        assert_eq!(e.code(), Code::VaultUnauthorized);
+        assert!(
+            e.message()
+                .contains("(Unauthorized: AKV10022: Invalid audience.)"),
+            "{e}"
+        );
+        assert!(!e.message().contains("second line"), "{e}");
+
+        assert_eq!(classify(429, "").code(), Code::Throttled);
+        let e = classify(502, "<html>bad gateway</html>");
+        assert_eq!(e.code(), Code::Vault);
+        assert!(e.message().contains("HTTP 502 ()"), "{e}");
+        assert!(!e.message().contains("html"), "{e}");
     }
 }

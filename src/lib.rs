@@ -31,6 +31,7 @@ pub mod options;
 pub mod pipeline;
 pub mod render;
 pub mod reply;
+pub mod retry;
 pub mod secret;
 pub mod volume;
 

@@ -47,6 +47,13 @@ pub fn set_context(key: &str, value: impl Into<Value>) {
     }
 }
 
+/// The most bytes of one line: a pod's options (120 KiB names, thousands of unknown keys) must
+/// not turn one call into megabytes of log. Longer lines keep their fields, each shortened.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+/// What a shortened line keeps of one string field (characters) or one array (items).
+const SHORT_STRING: usize = 256;
+const SHORT_ARRAY: usize = 5;
+
 /// Writes one line: `event` plus the given fields.
 pub fn event(level: &str, event: &str, fields: Value) {
     let Some(logger) = LOGGER.get() else { return };
@@ -57,19 +64,86 @@ pub fn event(level: &str, event: &str, fields: Value) {
     line.insert("ts".into(), Value::String(timestamp()));
     line.insert("level".into(), Value::String(level.into()));
     line.insert("event".into(), Value::String(event.into()));
-    line.insert(
-        "elapsed_ms".into(),
-        Value::from(logger.started.elapsed().as_secs_f64() * 1000.0),
-    );
+    line.insert("elapsed_ms".into(), ms(logger.started.elapsed()));
     for (k, v) in &logger.context {
         line.insert(k.clone(), v.clone());
     }
     if let Value::Object(extra) = fields {
-        line.extend(extra);
+        line.extend(extra.into_iter().map(|(k, v)| (k, round(v))));
     }
-    let mut text = Value::Object(line).to_string();
+    let mut text = Value::Object(line.clone()).to_string();
+    if text.len() > MAX_LINE_BYTES {
+        let full = text.len();
+        for v in line.values_mut() {
+            shorten(v);
+        }
+        line.insert("truncated_from_bytes".into(), Value::from(full));
+        text = Value::Object(line).to_string();
+        text.truncate(floor_char_boundary(&text, MAX_LINE_BYTES));
+    }
     text.push('\n');
     logger.write(text.as_bytes());
+}
+
+/// Milliseconds at microsecond precision (`1.917`, not `1.9168530000000001`).
+pub fn ms(d: std::time::Duration) -> Value {
+    Value::from(d.as_micros() as f64 / 1000.0)
+}
+
+/// A list of names a pod chose (unknown option keys): how many, and the first few, each cut.
+pub fn names(list: &[String]) -> Value {
+    let first: Vec<String> = list
+        .iter()
+        .take(SHORT_ARRAY)
+        .map(|n| crate::error::printable(n))
+        .collect();
+    serde_json::json!({"count": list.len(), "first": first})
+}
+
+/// Floats rounded to 3 decimals, wherever they are in the fields.
+fn round(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .map(|f| Value::from((f * 1000.0).round() / 1000.0))
+            .unwrap_or(Value::Null),
+        Value::Array(a) => Value::Array(a.into_iter().map(round).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, round(v))).collect()),
+        other => other,
+    }
+}
+
+/// Cuts long strings and arrays of an over-long line.
+fn shorten(v: &mut Value) {
+    match v {
+        Value::String(s) if s.chars().count() > SHORT_STRING => {
+            *s = format!("{}…", s.chars().take(SHORT_STRING).collect::<String>());
+        }
+        Value::Array(a) => {
+            let len = a.len();
+            a.truncate(SHORT_ARRAY);
+            a.iter_mut().for_each(shorten);
+            if len > SHORT_ARRAY {
+                a.push(Value::String(format!("… {} more", len - SHORT_ARRAY)));
+            }
+        }
+        Value::Object(o) => {
+            if o.len() > 4 * SHORT_ARRAY {
+                *v = Value::String(format!("{} fields", o.len()));
+            } else {
+                o.values_mut().for_each(shorten);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The largest index ≤ `at` on a char boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0)
 }
 
 /// An info line.
@@ -130,4 +204,41 @@ fn call_id() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{:05x}{:05x}", std::process::id() & 0xfffff, nanos >> 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_have_microsecond_precision() {
+        assert_eq!(
+            ms(std::time::Duration::from_nanos(1_916_853)).to_string(),
+            "1.916"
+        );
+        assert_eq!(round(Value::from(1.9168530000000001)).to_string(), "1.917");
+        assert_eq!(
+            round(serde_json::json!({"a": [0.1 + 0.2]})).to_string(),
+            r#"{"a":[0.3]}"#
+        );
+    }
+
+    #[test]
+    fn names_are_a_count_and_a_few() {
+        let many: Vec<String> = (0..10_000).map(|i| format!("key{i}")).collect();
+        let v = names(&many);
+        assert_eq!(v["count"], 10_000);
+        assert_eq!(v["first"].as_array().unwrap().len(), SHORT_ARRAY);
+        let long = vec!["x".repeat(120 * 1024)];
+        assert!(names(&long).to_string().len() < 200);
+    }
+
+    #[test]
+    fn long_values_are_shortened() {
+        let mut v =
+            serde_json::json!({"a": "y".repeat(100_000), "b": (0..1000).collect::<Vec<_>>()});
+        shorten(&mut v);
+        assert!(v.to_string().len() < 1000, "{v}");
+        assert_eq!(floor_char_boundary("aé", 2), 1);
+    }
 }

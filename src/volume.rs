@@ -37,6 +37,8 @@ pub struct Layout {
     pub gid: Option<u32>,
     /// tmpfs `size=` in bytes.
     pub size: u64,
+    /// Attach read-only (the pod's `flexVolume.readOnly: true`, `kubernetes.io/readwrite: ro`).
+    pub read_only: bool,
 }
 
 const PAGE: u64 = 4096;
@@ -44,12 +46,14 @@ const PAGE: u64 = 4096;
 /// node's cap allows it.
 pub const HEADROOM: u64 = 64 * 1024;
 
-/// Bytes of tmpfs the files need (tmpfs charges whole pages), without headroom.
+/// Bytes of tmpfs one file of `len` bytes takes (tmpfs charges whole pages).
+pub fn page_bytes(len: usize) -> u64 {
+    (len as u64).div_ceil(PAGE).max(1) * PAGE
+}
+
+/// Bytes of tmpfs the files need, without headroom.
 pub fn needed_bytes(files: &[VolumeFile]) -> u64 {
-    files
-        .iter()
-        .map(|f| (f.bytes.len() as u64).div_ceil(PAGE).max(1) * PAGE)
-        .sum()
+    files.iter().map(|f| page_bytes(f.bytes.len())).sum()
 }
 
 /// Checks `<dir>` has kubelet's shape `<root>/pods/<uid>/volumes/azure~kv/<name>`: absolute, no
@@ -118,6 +122,12 @@ pub fn pod_uid(dir: &Path) -> Option<String> {
 
 /// Whether `dir` is exactly a mount point, from this process's mount table.
 pub fn is_mount_point(dir: &Path) -> Result<bool> {
+    Ok(top_mount(dir)?.is_some())
+}
+
+/// The mountinfo line of the topmost mount at `dir` (the last one listed: what a process
+/// opening `dir` sees), if `dir` is a mount point.
+fn top_mount(dir: &Path) -> Result<Option<Vec<u8>>> {
     let table = std::fs::read("/proc/self/mountinfo").map_err(|e| {
         Error::new(
             Code::Mount,
@@ -125,11 +135,45 @@ pub fn is_mount_point(dir: &Path) -> Result<bool> {
         )
     })?;
     let want = dir.as_os_str().as_bytes();
-    Ok(table.split(|b| *b == b'\n').any(|line| {
-        line.split(|b| *b == b' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == want)
-    }))
+    Ok(table
+        .split(|b| *b == b'\n')
+        .rfind(|line| {
+            line.split(|b| *b == b' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == want)
+        })
+        .map(<[u8]>::to_vec))
+}
+
+/// Whether `dir` already holds kv's volume: `Ok(false)` when it is not a mount point,
+/// `Ok(true)` when the topmost mount there is a tmpfs with source `kv` (a repeated call), and a
+/// Failure for anything else mounted there: kv must not report someone else's filesystem (a
+/// host path, another driver's volume) as the pod's secrets.
+pub fn already_mounted(dir: &Path) -> Result<bool> {
+    let Some(top) = top_mount(dir)? else {
+        return Ok(false);
+    };
+    let fields: Vec<&[u8]> = top.split(|b| *b == b' ').collect();
+    let after_separator = fields
+        .iter()
+        .position(|f| *f == b"-")
+        .map(|i| &fields[i + 1..]);
+    let (fstype, source) = match after_separator {
+        Some([fstype, source, ..]) => (unescape_mountinfo(fstype), unescape_mountinfo(source)),
+        _ => (Vec::new(), Vec::new()),
+    };
+    if fstype == b"tmpfs" && source == b"kv" {
+        return Ok(true);
+    }
+    Err(Error::new(
+        Code::Mount,
+        format!(
+            "{} is already a mount point of something else ({} from {}), not kv's tmpfs: unmount it (or delete and recreate the pod) and retry",
+            dir.display(),
+            crate::error::printable(&String::from_utf8_lossy(&fstype)),
+            crate::error::printable(&String::from_utf8_lossy(&source)),
+        ),
+    ))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -152,37 +196,89 @@ fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Holds the per-directory lock until dropped: two calls for one `<dir>` serialize.
-pub struct DirLock(#[allow(dead_code)] OwnedFd);
+/// Where the per-directory locks live: outside kubelet's tree (kubelet treats every entry
+/// under `volumes/azure~kv/` as a volume), on /run (a tmpfs: gone at reboot, like the mounts).
+const LOCK_DIR: &str = "/run/kv/locks";
 
-/// Takes the lock for `dir` (a file under `/run/kv/locks`, outside kubelet's tree: kubelet
-/// treats every entry under `volumes/azure~kv/` as a volume).
+/// Holds the per-directory lock until dropped: two calls for one `<dir>` serialize.
+///
+/// Lifetime of a lock file: created by the first call for `<dir>`, it stays while `<dir>` is a
+/// mount point (the volume exists) and is removed by whichever call leaves `<dir>` unmounted
+/// (the unmount, or a mount that failed), while that call still holds the lock. A call that
+/// opened the file before it was removed notices after `flock` (the path no longer leads to the
+/// inode it locked) and opens the new file: removal never lets two calls in at once.
+pub struct DirLock {
+    #[allow(dead_code)] // held for its flock
+    fd: OwnedFd,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+/// `<LOCK_DIR>/<sha256 of the path>.lock`: stable across releases and processes (std's hasher
+/// is not), fixed length whatever the path.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_bytes());
+    Path::new(LOCK_DIR).join(format!("{}.lock", hex::encode(digest)))
+}
+
+/// Takes the lock for `dir`.
 pub fn lock(dir: &Path) -> Result<DirLock> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    dir.hash(&mut h);
-    let locks = Path::new("/run/kv/locks");
+    let locks = Path::new(LOCK_DIR);
     std::fs::create_dir_all(locks).map_err(|e| {
         Error::new(
             Code::Mount,
             format!("cannot create {}: {e}", locks.display()),
         )
     })?;
-    let path = locks.join(format!("{:016x}.lock", h.finish()));
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| {
+    let path = lock_path(dir);
+    let err = |what: &str, e: rustix::io::Errno| {
         Error::new(
             Code::Mount,
-            format!("cannot open lock {}: {e}", path.display()),
+            format!("cannot {what} lock {}: {e}", path.display()),
         )
-    })?;
-    rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| Error::new(Code::Mount, format!("cannot lock {}: {e}", path.display())))?;
-    Ok(DirLock(fd))
+    };
+    // Each round loses only to a holder that removed the file; a few suffice.
+    for _ in 0..64 {
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| err("open", e))?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| err("take", e))?;
+        let held = rustix::fs::fstat(&fd).map_err(|e| err("inspect", e))?;
+        match rustix::fs::stat(&path) {
+            Ok(now) if now.st_ino == held.st_ino && now.st_dev == held.st_dev => {
+                return Ok(DirLock {
+                    fd,
+                    path,
+                    dir: dir.to_path_buf(),
+                })
+            }
+            // Removed (or replaced) by the previous holder: this inode guards nothing.
+            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(err("inspect", e)),
+        }
+    }
+    Err(Error::new(
+        Code::Mount,
+        format!(
+            "cannot take lock {}: it keeps being replaced",
+            path.display()
+        ),
+    ))
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // No volume at <dir> any more: the lock guards nothing; remove it while still held.
+        if !is_mount_point(&self.dir).unwrap_or(true) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // `self.fd` closes after this, releasing the lock.
+    }
 }
 
 /// Makes sure `<dir>` exists (kubelet creates it with 0750 before calling; a manual call may not).
@@ -244,6 +340,15 @@ fn mount_detached(fs: OwnedFd, dir: &Path, layout: &Layout) -> Result<()> {
     )
     .map_err(|e| mount_err("cannot create the tmpfs mount", e))?;
     write_files(&mnt, layout)?;
+    if layout.read_only {
+        // After fsmount the fs descriptor reconfigures the superblock: read-only before it is
+        // attached, so no container of the pod ever sees it writable. (A per-mount
+        // MOUNT_ATTR_RDONLY would need mount_setattr, which rustix does not wrap; this tmpfs
+        // has one mount, so the superblock flag means the same to the pod.)
+        rustix::mount::fsconfig_set_flag(&fs, "ro")
+            .and_then(|()| rustix::mount::fsconfig_reconfigure(&fs))
+            .map_err(|e| mount_err("cannot make the tmpfs read-only", e))?;
+    }
     rustix::mount::move_mount(
         &mnt,
         "",
@@ -280,7 +385,21 @@ fn mount_in_place(dir: &Path, layout: &Layout) -> Result<()> {
         Mode::empty(),
     )
     .map_err(|e| mount_err("cannot open the new tmpfs", e))
-    .and_then(|root| write_files(&root, layout));
+    .and_then(|root| write_files(&root, layout))
+    .and_then(|()| {
+        if !layout.read_only {
+            return Ok(());
+        }
+        rustix::mount::mount_remount(
+            dir,
+            rustix::mount::MountFlags::RDONLY
+                | rustix::mount::MountFlags::NOSUID
+                | rustix::mount::MountFlags::NODEV
+                | rustix::mount::MountFlags::NOEXEC,
+            "",
+        )
+        .map_err(|e| mount_err("cannot make the tmpfs read-only", e))
+    });
     if result.is_err() {
         let _ = rustix::mount::unmount(dir, UnmountFlags::DETACH);
     }
@@ -441,6 +560,16 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn lock_names_are_the_sha256_of_the_path() {
+        assert_eq!(
+            lock_path(Path::new("/a")),
+            Path::new(
+                "/run/kv/locks/6a50dc8584134c7de537c0052ff6d236bf874355e050c90523e0c5ff2a543a28.lock"
+            )
+        );
     }
 
     #[test]

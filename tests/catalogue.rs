@@ -31,10 +31,21 @@ fn sp(id: &str, secret: &str) -> Value {
 
 /// Mounts on a fresh node with this scenario edit and config; returns the code and message.
 fn failure(edit: impl FnOnce(&mut Value), config: Value, options: Value) -> (String, String) {
+    failure_in_pod(edit, config, options, |_| {})
+}
+
+/// [`failure`], after `prepare` set up the pod's directory (e.g. its projected token).
+fn failure_in_pod(
+    edit: impl FnOnce(&mut Value),
+    config: Value,
+    options: Value,
+    prepare: impl FnOnce(&std::path::Path),
+) -> (String, String) {
     let mut s = scenario();
     edit(&mut s);
     let node = Node::with(s, config);
     let dir = node.volume_dir("v");
+    prepare(&dir);
     let c = node.mount(&dir, options);
     assert_eq!(c.status(), "Failure", "{}", c.stdout);
     node.assert_nothing_left(&dir);
@@ -247,12 +258,45 @@ fn every_code_is_produced_by_a_scenario() {
         ),
         "sym",
     );
+    let workload = |sa: &str| {
+        let mut o = secret(
+            "db-password",
+            json!({"useworkloadidentity":"true","clientid":"00000000-0000-0000-0000-00000000a007","tenantid":TENANT}),
+        );
+        o["kubernetes.io/serviceAccount.name"] = json!(sa);
+        o
+    };
+    record(
+        "KV_SA_TOKEN",
+        failure(|_| {}, short.clone(), workload("workload")),
+        "azure-identity-token",
+    );
+    record(
+        "KV_AAD_FEDERATION",
+        failure_in_pod(
+            |_| {},
+            json!({}),
+            workload("nobody"),
+            |dir| {
+                let token = kv_emulator::issuer::ServiceAccountToken::new("demo", "nobody")
+                    .pod("demo-pod", &pod_uid(dir))
+                    .audiences(&["api://AzureADTokenExchange"]);
+                project(
+                    dir,
+                    "azure-identity-token",
+                    "azure-identity-token",
+                    &issuer().mint(&token),
+                );
+            },
+        ),
+        "system:serviceaccount:demo:nobody",
+    );
     record(
         "KV_MOUNT",
         failure(
             |_| {},
             json!({"tmpfsMaxBytes": 4096}),
-            secret("db-password", node_mi()),
+            secret("big", node_mi()),
         ),
         "tmpfsMaxBytes",
     );

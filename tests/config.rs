@@ -56,14 +56,17 @@ fn deadline_seconds_bounds_the_wait_for_pod_identity() {
 #[test]
 fn nmi_port_changes_where_pod_identity_asks() {
     // The emulator's NMI listens on 2579 only.
-    let node = Node::with(scenario(), json!({"nmiPort": 2580, "deadlineSeconds": 2}));
+    let node = Node::with(
+        scenario(),
+        json!({"nmiPort": 2580, "deadlineSeconds": 2, "policy": {"nmiPorts": [2579]}}),
+    );
     let dir = node.volume_dir("v");
     let c = node.mount(&dir, pod_identity());
     c.assert_failure("KV_NMI");
     assert!(c.message().contains("127.0.0.1:2580"), "{}", c.message());
     assert!(c.message().contains("nmiport"), "{}", c.message());
     node.assert_nothing_left(&dir);
-    // The pod's own nmiport option still wins over the node default.
+    // The pod's own nmiport option wins over the node default when policy.nmiPorts allows it.
     let dir = node.volume_dir("v");
     let mut opts = pod_identity();
     opts["nmiport"] = json!("2579");
@@ -78,8 +81,9 @@ fn nmi_port_changes_where_pod_identity_asks() {
 
 #[test]
 fn tmpfs_max_bytes_caps_every_volume() {
-    // 80 KiB: room for a small secret (one page plus kv's headroom), not for 25 KB.
-    let node = Node::with(scenario(), json!({"tmpfsMaxBytes": 81920}));
+    // 16 KiB: room for a small secret (one page; kv's headroom is cut to the cap), not for
+    // 25 KB (seven pages).
+    let node = Node::with(scenario(), json!({"tmpfsMaxBytes": 16384}));
     let dir = node.volume_dir("v");
     let mut opts = pod_identity();
     opts["keyvaultobjectnames"] = json!("big");
@@ -94,12 +98,25 @@ fn tmpfs_max_bytes_caps_every_volume() {
     node.ns.clear_request_log();
     let c = node.mount(&dir, opts);
     c.assert_failure("KV_OPTIONS");
-    assert!(c.message().contains("81920"), "{}", c.message());
+    assert!(c.message().contains("16384"), "{}", c.message());
     node.assert_nothing_left(&dir);
-    // A small secret fits.
+    // A small secret fits, and the tmpfs is the cap (the headroom cut to it).
     let dir = node.volume_dir("v");
     node.mount(&dir, pod_identity()).assert_success();
+    assert!(
+        node.ns
+            .mountinfo()
+            .lines()
+            .any(|l| l.contains(&dir.to_string_lossy().to_string()) && l.contains("size=16k")),
+        "{}",
+        node.ns.mountinfo()
+    );
     assert_mounted(&node, &dir);
+    // The case a user reported: a 15-byte secret on a node capped at 64 KiB.
+    node.set_config(json!({"tmpfsMaxBytes": 65536}));
+    let dir = node.volume_dir("v");
+    node.mount(&dir, pod_identity()).assert_success();
+    assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
     // Raising the cap lets the big secret in.
     node.set_config(json!({"tmpfsMaxBytes": 1048576}));
     let dir = node.volume_dir("v");
@@ -257,7 +274,8 @@ fn node_identity_namespaces_deny_before_any_request() {
 fn vaults_by_namespace_limits_which_vaults_a_namespace_names() {
     let node = Node::with(
         scenario(),
-        json!({"policy": {"vaultsByNamespace": {"demo": ["KVDEMO"], "ops": ["kvother"]}}}),
+        json!({"policy": {"vaultsByNamespace": {"demo": ["KVDEMO"], "ops": ["kvother"]},
+            "nodeIdentityNamespaces": ["demo", "ops", "unlisted"]}}),
     );
     let dir = node.volume_dir("v");
     node.mount(&dir, node_identity()).assert_success();
@@ -331,4 +349,232 @@ fn malformed_or_unknown_config_fails_every_mount_naming_the_file() {
     let dir = node.volume_dir("v");
     node.mount(&dir, pod_identity()).assert_success();
     assert_mounted(&node, &dir);
+}
+
+/// Item 1 of the hardening: with no policy, no pod may use the node's managed identities
+/// (v0.0.17 let every pod use every identity assigned to the node, the kubelet's included).
+#[test]
+fn node_identity_needs_a_policy_naming_it() {
+    let node = Node::with_exact(scenario(), json!({}));
+    for identity in [
+        node_identity(),
+        secret(json!({"usevmmanagedidentity": "true", "vmmanagedidentityclientid": USER_MI})),
+    ] {
+        node.ns.clear_request_log();
+        let dir = node.volume_dir("v");
+        let c = node.mount(&dir, identity);
+        c.assert_failure("KV_POLICY");
+        assert!(
+            c.message().contains("policy.nodeIdentities"),
+            "{}",
+            c.message()
+        );
+        node.assert_nothing_left(&dir);
+        assert!(
+            node.ns.request_log().is_empty(),
+            "{:?}",
+            node.ns.request_log()
+        );
+    }
+    // Pod identity needs no policy.
+    let dir = node.volume_dir("v");
+    node.mount(&dir, pod_identity()).assert_success();
+    assert_mounted(&node, &dir);
+    // The one line that restores v0.0.17's behaviour for a namespace.
+    node.set_config_exact(json!({"policy": {"nodeIdentities": {"demo": ["*"]}}}));
+    let dir = node.volume_dir("v");
+    node.mount(&dir, node_identity()).assert_success();
+    assert_mounted(&node, &dir);
+}
+
+#[test]
+fn node_identities_list_what_a_namespace_may_use() {
+    let node = Node::with_exact(
+        scenario(),
+        json!({"policy": {"nodeIdentities": {"demo": ["system"], "ops": [USER_MI]}}}),
+    );
+    let user =
+        secret(json!({"usevmmanagedidentity": "true", "vmmanagedidentityclientid": USER_MI}));
+    // demo: the system-assigned identity only.
+    let dir = node.volume_dir("v");
+    node.mount(&dir, node_identity()).assert_success();
+    assert_mounted(&node, &dir);
+    node.ns.clear_request_log();
+    let dir = node.volume_dir("v");
+    let c = node.mount(&dir, user.clone());
+    c.assert_failure("KV_POLICY");
+    assert!(c.message().contains(USER_MI), "{}", c.message());
+    assert!(
+        c.message().contains("policy.nodeIdentities"),
+        "{}",
+        c.message()
+    );
+    assert!(node.ns.request_log().is_empty());
+    node.assert_nothing_left(&dir);
+    // ops: that user-assigned identity only.
+    let mut ops_user = user;
+    ops_user["kubernetes.io/pod.namespace"] = json!("ops");
+    let dir = node.volume_dir("v");
+    node.mount(&dir, ops_user).assert_success();
+    assert_mounted(&node, &dir);
+    let mut ops_system = node_identity();
+    ops_system["kubernetes.io/pod.namespace"] = json!("ops");
+    let dir = node.volume_dir("v");
+    node.mount(&dir, ops_system).assert_failure("KV_POLICY");
+    node.assert_nothing_left(&dir);
+}
+
+/// Item 3: `nmiport` cannot point kv (and the pod's name) at any loopback port.
+#[test]
+fn nmiport_is_honoured_only_when_allowed() {
+    let node = Node::new();
+    for port in ["22", "2580"] {
+        node.ns.clear_request_log();
+        let dir = node.volume_dir("v");
+        let mut opts = pod_identity();
+        opts["nmiport"] = json!(port);
+        let c = node.mount(&dir, opts);
+        c.assert_failure("KV_POLICY");
+        assert!(
+            c.message().contains(&format!("nmiport {port}")),
+            "{}",
+            c.message()
+        );
+        assert!(c.message().contains("policy.nmiPorts"), "{}", c.message());
+        node.assert_nothing_left(&dir);
+        assert!(node.ns.request_log().is_empty());
+    }
+    // The node's own port is always allowed.
+    let dir = node.volume_dir("v");
+    let mut opts = pod_identity();
+    opts["nmiport"] = json!("2579");
+    node.mount(&dir, opts).assert_success();
+    assert_mounted(&node, &dir);
+}
+
+/// Item 4 (second half): kv.json decides where credentials go; only root's file counts.
+#[test]
+fn config_not_owned_by_root_or_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new();
+    let path = node.kv.parent().unwrap().join("kv.json");
+    for (mode, owner) in [(0o664, 0), (0o646, 0), (0o644, 65534)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner), Some(0)).unwrap();
+        node.ns.clear_request_log();
+        let dir = node.volume_dir("v");
+        let c = node.mount(&dir, pod_identity());
+        c.assert_failure("KV_CONFIG");
+        assert!(
+            c.message().contains(path.to_str().unwrap()),
+            "{}",
+            c.message()
+        );
+        assert!(c.message().contains("owned by root"), "{}", c.message());
+        node.assert_nothing_left(&dir);
+        assert!(node.ns.request_log().is_empty());
+    }
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let dir = node.volume_dir("v");
+    node.mount(&dir, pod_identity()).assert_success();
+    assert_mounted(&node, &dir);
+}
+
+fn many_versions(n: usize) -> Value {
+    let mut s = scenario();
+    let versions: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"generate": {"repeat": format!("v{i:02}-"), "bytes": 25600},
+                   "version": format!("{i:032x}"), "created": 1_700_000_000 + i as i64})
+        })
+        .collect();
+    s["vaults"][0]["secrets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "many", "versions": versions}));
+    s
+}
+
+fn version_gets(node: &Node) -> usize {
+    node.vault_gets(|p| p.starts_with("/secrets/many/") && !p.contains("versions"))
+}
+
+/// Item 2: a volume over the tmpfs cap stops fetching at the cap, not after every version is
+/// in memory.
+#[test]
+fn fetching_stops_at_the_tmpfs_cap() {
+    // 20 versions of 25 KB (7 pages each) against a 128 KiB cap: the 5th version is over.
+    let node = Node::with(many_versions(20), json!({"tmpfsMaxBytes": 131072}));
+    let dir = node.volume_dir("v");
+    let opts = json!({"usepodidentity": "true", "keyvaultname": "kvdemo",
+        "objects": r#"[{"objectName":"many","objectType":"secret","objectVersionHistory":20}]"#});
+    node.ns.clear_request_log();
+    let c = node.mount(&dir, opts);
+    c.assert_failure("KV_MOUNT");
+    assert!(c.message().contains("tmpfsMaxBytes"), "{}", c.message());
+    let gets = version_gets(&node);
+    assert!(gets <= 5, "{gets} versions fetched past the cap");
+    node.assert_nothing_left(&dir);
+}
+
+/// Item 2: the number of files of a volume is capped (node config `maxFilesPerVolume`).
+#[test]
+fn max_files_per_volume_caps_the_files() {
+    let node = Node::with(many_versions(20), json!({"maxFilesPerVolume": 3}));
+    // More objects than files allowed: refused before Key Vault is asked.
+    node.ns.clear_request_log();
+    let dir = node.volume_dir("v");
+    let c = node.mount(
+        &dir,
+        json!({"usepodidentity": "true", "keyvaultname": "kvdemo",
+            "keyvaultobjectnames": "db-password;old-and-new;big;many",
+            "keyvaultobjecttypes": "secret;secret;secret;secret"}),
+    );
+    c.assert_failure("KV_MOUNT");
+    assert!(c.message().contains("maxFilesPerVolume"), "{}", c.message());
+    assert!(node
+        .ns
+        .request_log()
+        .iter()
+        .all(|r| r["endpoint"] != "keyvault"));
+    node.assert_nothing_left(&dir);
+    // Version history over the cap stops at the 4th file.
+    node.ns.clear_request_log();
+    let dir = node.volume_dir("v");
+    let c = node.mount(
+        &dir,
+        json!({"usepodidentity": "true", "keyvaultname": "kvdemo",
+            "objects": r#"[{"objectName":"many","objectType":"secret","objectVersionHistory":20}]"#}),
+    );
+    c.assert_failure("KV_MOUNT");
+    assert!(c.message().contains("maxFilesPerVolume"), "{}", c.message());
+    assert!(version_gets(&node) <= 4, "{}", version_gets(&node));
+    node.assert_nothing_left(&dir);
+    // Within the cap: mounts.
+    let dir = node.volume_dir("v");
+    node.mount(&dir, pod_identity()).assert_success();
+    assert_mounted(&node, &dir);
+}
+
+/// Item 2: objects naming the same (vault, kind, name, version) are fetched once.
+#[test]
+fn identical_objects_are_fetched_once() {
+    let node = Node::new();
+    node.ns.clear_request_log();
+    let dir = node.volume_dir("v");
+    let c = node.mount(
+        &dir,
+        json!({"usepodidentity": "true", "keyvaultname": "kvdemo",
+            "objects": r#"[{"objectName":"db-password","objectType":"secret","objectAlias":"a"},
+                          {"objectName":"db-password","objectType":"secret","objectAlias":"b"},
+                          {"objectName":"db-password","objectType":"secret","objectAlias":"c"}]"#}),
+    );
+    c.assert_success();
+    for f in ["a", "b", "c"] {
+        assert_eq!(node.file(&dir, f), b"s3cr3t-P@ssw0rd");
+    }
+    let gets = node.vault_gets(|p| p.to_ascii_lowercase().starts_with("/secrets/db-password"));
+    assert_eq!(gets, 1);
+    node.unmount(&dir).assert_success();
 }

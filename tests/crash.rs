@@ -104,6 +104,20 @@ fn secrets_on_disk(node: &Node) -> Vec<std::path::PathBuf> {
     hits
 }
 
+/// Whether the kv log shows a mount of `dir` that started and never finished: the kill landed
+/// in the middle of the mount (not before kv ran, not after it answered).
+fn killed_mid_mount(node: &Node, dir: &Path) -> bool {
+    let want = dir.to_string_lossy();
+    let events: Vec<String> = node
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["dir"] == *want)
+        .filter_map(|v| v["event"].as_str().map(str::to_string))
+        .collect();
+    events.iter().any(|e| e == "mount_start") && !events.iter().any(|e| e == "mounted")
+}
+
 /// Starts `kv mount` and SIGKILLs it after `after`; returns whether it had already finished.
 fn mount_and_kill(node: &Node, dir: &Path, after: Duration) -> bool {
     let json = kubelet_options(dir, opts()).to_string();
@@ -169,19 +183,31 @@ fn slow_scenario() -> Value {
 #[test]
 fn sigkill_at_random_times_leaves_nothing_or_a_complete_volume() {
     let node = Node::with(slow_scenario(), json!({"deadlineSeconds": 20}));
-    // How long a whole mount takes here, to spread kill times over it.
-    let dir = node.volume_dir("calibrate");
-    let t = Instant::now();
-    node.mount(&dir, opts()).assert_success();
-    let full = t.elapsed().as_millis() as u64;
-    node.unmount(&dir).assert_success();
+    // How long a whole mount takes here, to spread kill times over it: the fastest of three
+    // (the first mount of a fresh node is slower than the ones that follow, and kill times
+    // spread over a slow one would mostly land after the mount finished).
+    let full = (0..3)
+        .map(|_| {
+            let dir = node.volume_dir("calibrate");
+            let t = Instant::now();
+            node.mount(&dir, opts()).assert_success();
+            let took = t.elapsed().as_millis() as u64;
+            node.unmount(&dir).assert_success();
+            took
+        })
+        .min()
+        .unwrap();
     let mut rng = Rng::new();
     let mut finished = 0;
+    let mut mid_mount = 0;
     for i in 0..24 {
         let dir = node.volume_dir("v");
         let ms = rng.below(full + full / 4);
         if mount_and_kill(&node, &dir, Duration::from_millis(ms)) {
             finished += 1;
+        }
+        if killed_mid_mount(&node, &dir) {
+            mid_mount += 1;
         }
         let t = Instant::now();
         check_after_kill(
@@ -194,7 +220,12 @@ fn sigkill_at_random_times_leaves_nothing_or_a_complete_volume() {
             t.elapsed()
         );
     }
-    eprintln!("{finished} of 24 mounts had finished before the kill (full mount {full} ms)");
+    eprintln!("{finished} of 24 mounts had finished before the kill, {mid_mount} were killed mid-mount (full mount {full} ms)");
+    // Kill times spread over 1.25 mounts: most must land inside one, or the test tested nothing.
+    assert!(
+        mid_mount >= 12,
+        "only {mid_mount} of 24 kills landed mid-mount (full mount {full} ms)"
+    );
 }
 
 #[test]
@@ -208,6 +239,10 @@ fn sigkill_while_waiting_for_the_token() {
     for after in [30, 200, 450, 900] {
         let dir = node.volume_dir("v");
         assert!(!mount_and_kill(&node, &dir, Duration::from_millis(after)));
+        if after >= 200 {
+            // Past process start-up: kv was inside the mount, waiting for the token.
+            assert!(killed_mid_mount(&node, &dir), "kill after {after} ms");
+        }
         dirs.push(dir);
     }
     // The binding becomes ready: every retried mount recovers.
@@ -222,11 +257,21 @@ fn sigkill_while_fetching_from_key_vault() {
     let mut s = scenario();
     s["latency_ms"] = json!({"imds": 0, "nmi": 0, "aad": 0, "keyvault": 700});
     let node = Node::with(s, json!({"deadlineSeconds": 20}));
+    let mut mid_mount = 0;
     for after in [100, 400, 800, 1200, 1500] {
         let dir = node.volume_dir("v");
         mount_and_kill(&node, &dir, Duration::from_millis(after));
+        if killed_mid_mount(&node, &dir) {
+            mid_mount += 1;
+        }
         check_after_kill(&node, &dir, &format!("vault fetch, kill after {after} ms"));
     }
+    // Each vault request takes 700 ms, a mount at least two of them: the kills up to 1200 ms
+    // land inside it.
+    assert!(
+        mid_mount >= 4,
+        "only {mid_mount} of 5 kills landed mid-mount"
+    );
 }
 
 #[test]
@@ -241,41 +286,19 @@ fn unmount_cleans_every_leftover_state() {
     node.unmount(&dir).assert_success();
     assert!(!host.exists());
 
-    // A stacked double mount: kv's volume with a manual tmpfs on top, and a plain tmpfs below.
+    // Something else mounted at the dir: kv refuses to call it the pod's volume; unmount
+    // still removes it.
+    let dir = node.volume_dir("foreign");
+    node.mount_foreign_tmpfs(&dir, "under");
+    node.mount(&dir, opts()).assert_failure("KV_MOUNT");
+    node.unmount(&dir).assert_success();
+    assert_eq!(node.mount_type(&dir), None);
+    assert!(!node.ns.host_path(&dir).exists());
+
+    // A stacked double mount: kv's volume with a manual tmpfs on top.
     let dir = node.volume_dir("stacked");
-    let out = node
-        .ns
-        .command("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "under",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    node.mount(&dir, opts()).assert_success(); // already a mount point: nothing fetched
-    let out = node
-        .ns
-        .command("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "over",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    node.mount(&dir, opts()).assert_success();
+    node.mount_foreign_tmpfs(&dir, "over");
     let count = |node: &Node| {
         node.ns
             .mountinfo()
@@ -403,19 +426,7 @@ fn two_mounts_of_one_dir_serialize() {
             dir.display()
         );
         assert_complete(&node, &dir);
-        let fetched = node
-            .ns
-            .request_log()
-            .iter()
-            .filter(|r| {
-                r["endpoint"] == "keyvault"
-                    && r["status"] == 200
-                    && r["path"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("/secrets/db-password")
-            })
-            .count();
+        let fetched = node.vault_gets(|p| p.contains("/secrets/db-password"));
         assert_eq!(
             fetched, 1,
             "round {round}: db-password fetched {fetched} times"

@@ -305,6 +305,7 @@ fn transient_faults_still_mount() {
     ]);
     s["nmi"]["bindings"][0]["pending_calls"] = json!(2);
     let node = Node::with(s, json!({}));
+    let mut fired = Vec::new();
     for identity in [
         json!({"usepodidentity":"true"}),
         json!({"usevmmanagedidentity":"true"}),
@@ -314,11 +315,26 @@ fn transient_faults_still_mount() {
         for (k, v) in identity.as_object().unwrap() {
             opts[k] = v.clone();
         }
+        node.ns.clear_request_log();
         let c = node.mount(&dir, opts);
         c.assert_success();
         assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
         node.unmount(&dir).assert_success();
+        // Each injected fault fired (once per node: the counts are the emulator's).
+        fired.extend(node.ns.request_log());
     }
+    let count = |endpoint: &str, what: &str| {
+        fired
+            .iter()
+            .filter(|r| {
+                r["endpoint"] == endpoint
+                    && (r["fault"] == what || (what == "404" && r["status"] == 404))
+            })
+            .count()
+    };
+    assert_eq!(count("keyvault", "status 429"), 1, "{fired:#?}");
+    assert_eq!(count("imds", "status 500"), 2, "{fired:#?}");
+    assert!(count("nmi", "404") >= 2, "{fired:#?}");
 }
 
 #[test]
@@ -353,4 +369,91 @@ fn mount_dir_must_have_kubelets_shape() {
     node.kv(&["unmount", bad.to_str().unwrap()])
         .assert_failure("KV_DIR");
     assert!(bad.exists(), "unmount must not delete a non-kubelet dir");
+}
+
+fn db_password(extra: serde_json::Value) -> serde_json::Value {
+    let mut o = json!({"keyvaultname":"kvdemo","keyvaultobjectnames":"db-password","keyvaultobjecttypes":"secret","usepodidentity":"true"});
+    for (k, v) in extra.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    o
+}
+
+/// Hardening item 7: a pod's `readOnly: true` (kubelet sends `kubernetes.io/readwrite: ro`)
+/// gets a read-only tmpfs: no container can alter or fill the files the others read.
+#[test]
+fn read_only_volumes_cannot_be_written() {
+    let node = Node::new();
+    for (rw, writable) in [("ro", false), ("rw", true)] {
+        let dir = node.volume_dir("v");
+        node.mount(&dir, db_password(json!({"kubernetes.io/readwrite": rw})))
+            .assert_success();
+        assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
+        // As root, so only a read-only mount can refuse.
+        let new_file = std::fs::write(node.ns.host_path(dir.join("new")), b"x");
+        let existing = std::fs::OpenOptions::new()
+            .append(true)
+            .open(node.ns.host_path(dir.join("db-password")));
+        if writable {
+            assert!(new_file.is_ok() && existing.is_ok(), "{rw}");
+        } else {
+            assert_eq!(new_file.unwrap_err().raw_os_error(), Some(30), "EROFS");
+            assert_eq!(existing.unwrap_err().raw_os_error(), Some(30), "EROFS");
+        }
+        node.unmount(&dir).assert_success();
+        node.assert_nothing_left(&dir);
+    }
+}
+
+/// Hardening item 11: "already mounted" only for kv's own tmpfs.
+#[test]
+fn a_dir_mounted_by_something_else_is_refused() {
+    let node = Node::new();
+    let dir = node.volume_dir("v");
+    node.mount_foreign_tmpfs(&dir, "other");
+    node.ns.clear_request_log();
+    let c = node.mount(&dir, db_password(json!({})));
+    c.assert_failure("KV_MOUNT");
+    assert!(c.message().contains("not kv's tmpfs"), "{}", c.message());
+    assert!(c.message().contains("from other"), "{}", c.message());
+    assert!(node
+        .ns
+        .request_log()
+        .iter()
+        .all(|r| r["endpoint"] != "keyvault"));
+    let out = node.ns.command("umount").arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    // kv's own volume: a repeated call succeeds without fetching again.
+    node.mount(&dir, db_password(json!({}))).assert_success();
+    node.ns.clear_request_log();
+    node.mount(&dir, db_password(json!({}))).assert_success();
+    assert!(
+        node.ns.request_log().is_empty(),
+        "{:?}",
+        node.ns.request_log()
+    );
+    assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
+    node.unmount(&dir).assert_success();
+}
+
+/// Hardening item 8: lock files are named by the sha256 of the volume dir and go away with
+/// the volume.
+#[test]
+fn lock_files_are_named_by_sha256_and_removed_after_unmount() {
+    use sha2::Digest;
+    let node = Node::new();
+    let lock = |dir: &std::path::Path| {
+        let hash = hex::encode(sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+        node.ns.host_path(format!("/run/kv/locks/{hash}.lock"))
+    };
+    let dir = node.volume_dir("v");
+    node.mount(&dir, db_password(json!({}))).assert_success();
+    assert!(lock(&dir).exists(), "{}", lock(&dir).display());
+    node.unmount(&dir).assert_success();
+    assert!(!lock(&dir).exists());
+    // A failed mount leaves no lock either.
+    let dir = node.volume_dir("v");
+    node.mount(&dir, json!({"keyvaultname":"kvdemo","keyvaultobjectnames":"nope","keyvaultobjecttypes":"secret","usepodidentity":"true"}))
+        .assert_failure("KV404_NOT_FOUND");
+    assert!(!lock(&dir).exists());
 }

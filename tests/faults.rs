@@ -144,6 +144,9 @@ struct Case {
     expect: Option<(&'static [&'static str], &'static [&'static str])>,
     /// Run kv with this CA bundle instead of the emulator's.
     ca_override: Option<PathBuf>,
+    /// A state of the scenario (not a fault) that must show in the request log: (endpoint,
+    /// status, at least this many answers), e.g. NMI's 404 while the binding is pending.
+    answered: Option<(&'static str, u16, usize)>,
 }
 
 /// Builds the case's node (namespace, emulator, plugin dir with its own kv copy).
@@ -222,6 +225,18 @@ fn run_case((case, node, secret): (Case, Node, String)) -> Result<String, String
             if !words.iter().any(|w| lower.contains(&w.to_lowercase())) {
                 problems.push(format!("message names none of {words:?}: {msg}"));
             }
+            // Token services' bodies never reach a Failure (hardening item 3): the emulator's
+            // fault bodies carry these texts.
+            for body_text in [
+                "fault injected",
+                "Failed to retrieve",
+                "A transient error has occurred",
+                "Trace ID",
+            ] {
+                if msg.contains(body_text) {
+                    problems.push(format!("a service's body ({body_text:?}) in: {msg}"));
+                }
+            }
             let limit = Duration::from_secs(case.deadline_s.unwrap_or(60)) + SLACK;
             if elapsed >= limit {
                 problems.push(format!("took {elapsed:?}, limit {limit:?}"));
@@ -237,6 +252,42 @@ fn run_case((case, node, secret): (Case, Node, String)) -> Result<String, String
     let host = node.ns.host_path(&dir);
     if host.exists() && std::fs::read_dir(&host).map(|d| d.count()).unwrap_or(0) != 0 {
         problems.push(format!("{} is not empty", dir.display()));
+    }
+    // The fault must have fired: a case whose injection never happened proves nothing.
+    let log = node.ns.request_log();
+    for f in case.faults.as_array().into_iter().flatten() {
+        let endpoint = f["endpoint"].as_str().unwrap_or("");
+        let fired = log
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint && r.get("fault").is_some())
+            .count() as u64;
+        let count = f["count"].as_u64().unwrap_or(1);
+        let ok = if count >= FOREVER {
+            fired >= 1
+        } else {
+            fired == count
+        };
+        if !ok {
+            problems.push(format!(
+                "fault {f} fired {fired} times (want {})",
+                if count >= FOREVER {
+                    "at least once".to_string()
+                } else {
+                    count.to_string()
+                }
+            ));
+        }
+    }
+    if let Some((endpoint, status, at_least)) = case.answered {
+        let seen = log
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint && r["status"] == status)
+            .count();
+        if seen < at_least {
+            problems.push(format!(
+                "{endpoint} answered {status} {seen} times, want at least {at_least}"
+            ));
+        }
     }
     let on_disk = secret_on_disk(&node, &secret);
     if !on_disk.is_empty() {
@@ -328,6 +379,7 @@ fn matrix(endpoint: &str, mode: Mode, permanent: fn(&str) -> Expect) -> Vec<Case
             deadline_s: Some(20),
             expect: None,
             ca_override: None,
+            answered: None,
         });
         cases.push(Case {
             name: format!("{endpoint} {label} forever"),
@@ -337,6 +389,7 @@ fn matrix(endpoint: &str, mode: Mode, permanent: fn(&str) -> Expect) -> Vec<Case
             deadline_s: Some(DEADLINE_S),
             expect: Some(permanent(label)),
             ca_override: None,
+            answered: None,
         });
     }
     cases.push(Case {
@@ -347,6 +400,7 @@ fn matrix(endpoint: &str, mode: Mode, permanent: fn(&str) -> Expect) -> Vec<Case
         deadline_s: Some(20),
         expect: None,
         ca_override: None,
+        answered: None,
     });
     cases.push(Case {
         name: format!("{endpoint} stall_forever"),
@@ -356,33 +410,68 @@ fn matrix(endpoint: &str, mode: Mode, permanent: fn(&str) -> Expect) -> Vec<Case
         deadline_s: Some(DEADLINE_S),
         expect: Some(permanent("stall")),
         ca_override: None,
+        answered: None,
     });
     cases
 }
 
+/// A permanent answer that is not retried: the Failure says the status, not the body.
+fn refused(endpoint: &str, mode: Mode, status: u16, expect: Expect) -> Case {
+    Case {
+        name: format!("{endpoint} {status}"),
+        mode,
+        faults: json!([fault(
+            endpoint,
+            &json!({"action": "status", "status": status}),
+            FOREVER
+        )]),
+        edit: None,
+        deadline_s: Some(DEADLINE_S),
+        expect: Some(expect),
+        ca_override: None,
+        answered: None,
+    }
+}
+
 #[test]
 fn imds_faults() {
-    run_all(matrix("imds", Mode::Node, |kind| match kind {
+    let mut cases = matrix("imds", Mode::Node, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["IMDS"]),
         _ => (&["KV_IMDS"], &["IMDS"]),
-    }));
+    });
+    cases.push(refused(
+        "imds",
+        Mode::Node,
+        403,
+        (&["KV_IMDS"], &["HTTP 403"]),
+    ));
+    run_all(cases);
 }
 
 #[test]
 fn nmi_faults() {
-    run_all(matrix("nmi", Mode::Pod, |kind| match kind {
+    let mut cases = matrix("nmi", Mode::Pod, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["NMI"]),
         _ => (&["KV_NMI"], &["NMI"]),
-    }));
+    });
+    cases.push(refused("nmi", Mode::Pod, 400, (&["KV_NMI"], &["HTTP 400"])));
+    run_all(cases);
 }
 
 #[test]
 fn aad_faults() {
-    run_all(matrix("aad", Mode::Sp, |kind| match kind {
+    let mut cases = matrix("aad", Mode::Sp, |kind| match kind {
         "stall" => (&["KV_TIMEOUT"], &["AAD"]),
         "close" => (&["KV_NETWORK", "KV_AAD"], &["AAD"]),
         _ => (&["KV_AAD"], &["AAD"]),
-    }));
+    });
+    cases.push(refused(
+        "aad",
+        Mode::Sp,
+        400,
+        (&["KV_AAD"], &["AADSTS90033"]),
+    ));
+    run_all(cases);
 }
 
 #[test]
@@ -417,7 +506,10 @@ fn nmi_pending_and_forbidden() {
     fn forbidden(s: &mut Value) {
         s["nmi"]["bindings"][0]["forbidden"] = json!(true);
     }
-    let case = |name: &str, edit: fn(&mut Value), expect: Option<Expect>| Case {
+    let case = |name: &str,
+                edit: fn(&mut Value),
+                expect: Option<Expect>,
+                answered: Option<(&'static str, u16, usize)>| Case {
         name: name.into(),
         mode: Mode::Pod,
         faults: json!([]),
@@ -425,15 +517,22 @@ fn nmi_pending_and_forbidden() {
         deadline_s: Some(DEADLINE_S),
         expect,
         ca_override: None,
+        answered,
     };
     run_all(vec![
-        case("nmi pending x3", pending, None),
+        case("nmi pending x3", pending, None, Some(("nmi", 404, 3))),
         case(
             "nmi pending forever",
             forever_pending,
             Some((&["KV_NMI_NO_IDENTITY"], &["AzureIdentityBinding"])),
+            Some(("nmi", 404, 2)),
         ),
-        case("nmi forbidden", forbidden, Some((&["KV_NMI"], &["NMI"]))),
+        case(
+            "nmi forbidden",
+            forbidden,
+            Some((&["KV_NMI"], &["NMI"])),
+            Some(("nmi", 403, 2)),
+        ),
     ]);
 }
 
@@ -454,6 +553,7 @@ fn tls_failure_is_a_network_error_naming_the_certificate() {
             // AAD's fails too, and either may be reported first.
             expect: Some((&["KV_NETWORK"], &["certificate", "tls", "issuer"])),
             ca_override: Some(ca.clone()),
+            answered: None,
         });
     }
     run_all(cases);

@@ -624,6 +624,8 @@ fn example_manifests_mount_against_the_emulator() {
                 }
                 opts.insert("kubernetes.io/pod.name".into(), json!(pod));
                 opts.insert("kubernetes.io/pod.namespace".into(), json!(ns));
+                let sa = spec["serviceAccountName"].as_str().unwrap_or("default");
+                opts.insert("kubernetes.io/serviceAccount.name".into(), json!(sa));
                 volumes.push((
                     file.clone(),
                     pod.clone(),
@@ -641,9 +643,37 @@ fn example_manifests_mount_against_the_emulator() {
             .unwrap()
             .push(json!({"namespace": ns, "pod": pod, "client_id": common::POD_MI}));
     }
-    let node = common::Node::with(scenario, json!({}));
-    for (file, _, _, opts) in volumes {
+    // Workload identity: AAD trusts the example's service accounts (the test issuer's tokens).
+    for sa in ["kv-demo-workload", "kv-demo-projected"] {
+        for client_id in [
+            "00000000-0000-0000-0000-00000000a007",
+            "00000000-0000-0000-0000-00000000a008",
+        ] {
+            scenario["federated_credentials"].as_array_mut().unwrap().push(json!({
+                "client_id": client_id, "name": format!("{sa}-{client_id}"), "issuer": common::ISSUER,
+                "subject": format!("system:serviceaccount:kv-demo:{sa}")}));
+        }
+    }
+    // The operator's policy the node-identity examples ask for (docs/install.md).
+    let node = common::Node::with_exact(
+        scenario,
+        json!({"policy": {"nodeIdentities": {"kv-demo": ["*"]}}}),
+    );
+    for (file, _, ns, opts) in volumes {
         let dir = node.volume_dir("v");
+        if opts.get("useworkloadidentity").is_some() {
+            // kubelet has projected the pod's token before the volume is mounted.
+            let (volume, name) = opts["workloadidentitytokenpath"]
+                .as_str()
+                .unwrap_or("azure-identity-token/azure-identity-token")
+                .split_once('/')
+                .unwrap();
+            let sa = opts["kubernetes.io/serviceAccount.name"].as_str().unwrap();
+            let token = kv_emulator::issuer::ServiceAccountToken::new(&ns, sa)
+                .pod("p", &common::pod_uid(&dir))
+                .audiences(&["api://AzureADTokenExchange"]);
+            common::project(&dir, volume, name, &common::issuer().mint(&token));
+        }
         let c = node.mount(&dir, opts);
         assert_eq!(c.status(), "Success", "{}: {}", file.display(), c.stdout);
         let names: Vec<String> = node.files(&dir).into_iter().map(|f| f.0).collect();

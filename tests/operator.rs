@@ -63,14 +63,23 @@ fn fetch_writes_the_bytes_a_mount_would_for_every_identity() {
         node.mount(&vol, options.clone()).assert_success();
         let mounted = node.files(&vol);
 
-        // The options JSON exactly as kubelet passes it.
+        // A plain directory may be on disk: the same bytes and group, modes cut to 0600.
+        let mounted: Vec<_> = mounted
+            .into_iter()
+            .map(|(name, bytes, mode, gid)| (name, bytes, mode & 0o600, gid))
+            .collect();
+
+        // The options JSON exactly as kubelet passes it, from a file (it may hold secretRef
+        // values, which never go on the command line).
+        let options_file = node.root.join(format!("options-{}.json", rand_suffix()));
+        std::fs::write(&options_file, kubelet_options(&vol, options).to_string()).unwrap();
         let out_dir = node.root.join(format!("fetch-{}", rand_suffix()));
         let (stdout, _, code) = run(
             &node,
             &[
                 "fetch",
-                "--options",
-                &kubelet_options(&vol, options).to_string(),
+                "--options-file",
+                options_file.to_str().unwrap(),
                 "--dir",
                 out_dir.to_str().unwrap(),
             ],
@@ -276,15 +285,130 @@ spec:
     );
     assert_eq!(code, 0, "{stdout}");
     let files = dir_files(&out_dir);
+    // The pod's 0440 with its fsGroup, cut to 0400 outside a tmpfs.
     assert_eq!(
         files,
         vec![(
             "db-password".to_string(),
             b"s3cr3t-P@ssw0rd".to_vec(),
-            0o440,
+            0o400,
             3000
         )]
     );
+}
+
+#[test]
+fn fetch_dir_is_private_and_follows_no_link() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let node = Node::new();
+    let fetch_into = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "fetch",
+            "--vault",
+            "kvdemo",
+            "--object",
+            "db-password",
+            "--pod-identity",
+            "demo/demo-pod",
+            "--dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&node, &args)
+    };
+    // A new directory is created 0700; the file 0400 (0444 cut to 0600).
+    let fresh = node.root.join("fresh/nested");
+    let (out, _, code) = fetch_into(&fresh, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(dir_files(&fresh)[0].2, 0o400);
+    // --mode says otherwise.
+    let (out, _, code) = fetch_into(&fresh, &["--mode", "0644"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(dir_files(&fresh)[0].2, 0o644);
+
+    // An existing directory others can write is refused, and nothing is written there.
+    let open = node.root.join("world-writable");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (out, _, code) = fetch_into(&open, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("that no one else can write"), "{out}");
+    assert!(dir_files(&open).is_empty());
+
+    // A symlink is not followed, whatever it points at.
+    let target = node.root.join("link-target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = node.root.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (out, _, code) = fetch_into(&link, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is a symlink"), "{out}");
+    assert!(dir_files(&target).is_empty());
+}
+
+#[test]
+fn fetch_refuses_secrets_on_the_command_line() {
+    let node = Node::new();
+    let options = json!({"keyvaultname":"kvdemo","keyvaultobjectnames":"db-password","keyvaultobjecttypes":"secret",
+        "tenantid":TENANT,"kubernetes.io/secret/clientid":b64(SP_ID),"kubernetes.io/secret/clientsecret":b64(SP_SECRET)});
+    let (out, _, code) = run(
+        &node,
+        &["fetch", "--options", &options.to_string(), "--stdout"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--client-secret-file"), "{out}");
+    assert!(
+        !out.contains(SP_SECRET) && !out.contains(&b64(SP_SECRET)),
+        "{out}"
+    );
+    assert!(
+        node.ns.request_log().is_empty(),
+        "a refused fetch made requests"
+    );
+}
+
+#[test]
+fn dry_run_lists_the_paths_a_mount_writes_for_history_and_split() {
+    let node = Node::new();
+    let options = json!({"usepodidentity":"true","kubernetes.io/pod.name":"demo-pod","kubernetes.io/pod.namespace":"demo",
+        "keyvaultname":"kvdemo",
+        "objects": json!([{"objectName":"web-cert","objectType":"secret","objectAlias":"web",
+            "objectVersionHistory":2,"splitCertAndKey":true}]).to_string()});
+    let options_file = node.root.join("history.json");
+    std::fs::write(&options_file, options.to_string()).unwrap();
+    let (stdout, _, code) = run(
+        &node,
+        &[
+            "fetch",
+            "--options-file",
+            options_file.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let planned: Vec<String> = serde_json::from_value(plan["objects"][0]["files"].clone()).unwrap();
+    assert_eq!(
+        planned,
+        [
+            "web/0",
+            "web/0.crt",
+            "web/0.key",
+            "web/1",
+            "web/1.crt",
+            "web/1.key"
+        ]
+    );
+    // The mount writes those names (web-cert has one version: the /0 files).
+    let vol = node.volume_dir("history");
+    node.mount(&vol, options).assert_success();
+    let written: Vec<String> = node.files(&vol).into_iter().map(|f| f.0).collect();
+    assert_eq!(written, ["web/0", "web/0.crt", "web/0.key"]);
+    assert!(written.iter().all(|w| planned.contains(w)));
+    node.unmount(&vol).assert_success();
 }
 
 fn doctor(node: &Node, extra: &[&str]) -> (String, i32) {
@@ -330,6 +454,50 @@ fn doctor_passes_on_a_healthy_node() {
     }
     assert!(!out.contains("s3cr3t"), "doctor printed a secret value");
     assert!(out.contains("failed, "), "{out}");
+}
+
+#[test]
+fn doctor_reads_the_node_config_only_from_roots_places() {
+    let node = Node::new();
+    // A process that calls itself kubelet points at a plugin dir holding another kv.json.
+    let planted = node.root.join("planted");
+    std::fs::create_dir_all(planted.join("azure~kv")).unwrap();
+    std::fs::write(planted.join("azure~kv/kv.json"), r#"{"planted": true}"#).unwrap();
+    // In a PID namespace of its own, with its own /proc: the only kubelet doctor can see is
+    // this fake one, whatever else runs on the machine.
+    let script = format!(
+        "(exec -a {root}/kubelet sh -c 'sleep 30; true' --volume-plugin-dir={planted}) & \
+         while ! grep -qs volume-plugin-dir /proc/[0-9]*/cmdline; do sleep 0.02; done; \
+         KV_LOG_FILE={log} {kv} doctor; kill %1",
+        root = node.root.display(),
+        planted = planted.display(),
+        log = node.log.display(),
+        kv = node.kv.display(),
+    );
+    let out = node
+        .ns
+        .command("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    // The install check may look where kubelet looks; the config is the one beside kv.
+    assert!(line(&out, "install").contains("planted"), "{out}");
+    let config = line(&out, "config");
+    assert!(config.starts_with("PASS"), "{out}");
+    assert!(
+        config.contains(
+            &node
+                .kv
+                .parent()
+                .unwrap()
+                .join("kv.json")
+                .display()
+                .to_string()
+        ),
+        "{out}"
+    );
 }
 
 #[test]

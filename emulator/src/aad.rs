@@ -1,7 +1,7 @@
 //! Azure AD (Entra ID) token endpoints (client credentials v1/v2) plus the discovery
 //! documents MSAL reads.
 
-use crate::scenario::{cloud_by_aad_host, cloud_by_resource, IdentityKind};
+use crate::scenario::{cloud_by_aad_host, cloud_by_resource, FederatedCredential, IdentityKind};
 use crate::server::{Req, Resp, State};
 use crate::util::{aad_timestamp, parse_pairs, random_guid};
 use base64::Engine;
@@ -176,9 +176,17 @@ fn token_inner(
             "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
         );
     };
+    // Federated credentials of the client: an application (service principal) or a
+    // user-assigned identity can have them.
+    let fics: Vec<&FederatedCredential> = state
+        .scenario
+        .federated_credentials
+        .iter()
+        .filter(|fc| fc.client_id.eq_ignore_ascii_case(client_id))
+        .collect();
     let Some(id) = state.store.identities.iter().find(|i| {
         i.spec.client_id.eq_ignore_ascii_case(client_id)
-            && *i.kind() == IdentityKind::ServicePrincipal
+            && (*i.kind() == IdentityKind::ServicePrincipal || !fics.is_empty())
             && i.spec.tenant.eq_ignore_ascii_case(tenant)
     }) else {
         return aad_error(
@@ -258,6 +266,19 @@ fn token_inner(
                 "AADSTS50027: Invalid client_assertion_type.",
             );
         }
+        // AAD tells a certificate credential (thumbprint header) from a federated token
+        // (issuer key id); without a thumbprint the federated credentials decide.
+        let cert_shaped = crate::federated::parse(assertion).is_some_and(|p| {
+            ["x5t", "x5t#S256", "x5c"]
+                .iter()
+                .any(|h| p.header.get(*h).is_some())
+        });
+        if !cert_shaped && (!fics.is_empty() || id.cert_der.is_none()) {
+            if let Err(rej) = crate::federated::verify(assertion, &fics, &state.store.issuers) {
+                return aad_error(rej.status, rej.error, rej.code, &rej.message);
+            }
+            return issue_token(state, id, &resource, v2);
+        }
         let (Some(der), Some(key)) = (&id.cert_der, &id.cert_key) else {
             return aad_error(
                 401,
@@ -293,8 +314,17 @@ fn token_inner(
             "AADSTS7000216: 'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
         );
     }
+    issue_token(state, id, &resource, v2)
+}
+
+fn issue_token(
+    state: &State,
+    id: &crate::material::IdentityState,
+    resource: &str,
+    v2: bool,
+) -> Resp {
     let t = crate::token::issue(
-        &resource,
+        resource,
         &id.spec.client_id,
         &id.object_id,
         &id.spec.tenant,

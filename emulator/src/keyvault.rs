@@ -71,6 +71,22 @@ pub fn handle(state: &State, r: &Req) -> Resp {
     kv_headers(resp)
 }
 
+/// The vault a request is for and its throttle, when the scenario gives it one.
+pub fn throttle_for_host<'a>(
+    state: &'a State,
+    host: &str,
+) -> Option<(String, &'a crate::scenario::Throttle)> {
+    let v = vault_for_host(state, host)?;
+    let t = state
+        .scenario
+        .vaults
+        .iter()
+        .find(|sv| sv.name.eq_ignore_ascii_case(&v.name))?
+        .throttle
+        .as_ref()?;
+    Some((v.name.to_ascii_lowercase(), t))
+}
+
 fn vault_for_host<'a>(state: &'a State, host: &str) -> Option<&'a VaultState> {
     for c in CLOUDS {
         if let Some(name) = host.strip_suffix(&format!(".{}", c.vault_suffix)) {

@@ -11,8 +11,11 @@
 //! [`server::BindMode::Local`] serves everything on loopback ephemeral ports instead.
 
 pub mod aad;
+pub mod federated;
 pub mod imds;
+pub mod issuer;
 pub mod keyvault;
+pub mod limits;
 pub mod material;
 pub mod netns;
 pub mod nmi;

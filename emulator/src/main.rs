@@ -10,9 +10,11 @@ use std::path::PathBuf;
     about = "Azure IMDS / NMI / AAD / Key Vault emulator for kv tests"
 )]
 struct Cli {
-    /// Scenario JSON file.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Scenario JSON file (SIGHUP re-reads it).
     #[arg(long)]
-    scenario: PathBuf,
+    scenario: Option<PathBuf>,
     /// Write the TLS CA certificate (PEM) here.
     #[arg(long)]
     ca_out: Option<PathBuf>,
@@ -42,8 +44,100 @@ struct Cli {
     exit_on_stdin_eof: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print a Kubernetes-service-account-shaped JWT signed (RS256) with --key.
+    MintToken(Box<MintToken>),
+    /// Print the JWKS of --key (for a scenario's `issuers[].jwks`).
+    Jwks {
+        /// The issuer's private key (PEM; generated there if missing).
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct MintToken {
+    /// The issuer's private key (PKCS#8 or PKCS#1 PEM; generated there if missing).
+    #[arg(long)]
+    key: PathBuf,
+    /// `iss`.
+    #[arg(long)]
+    issuer: String,
+    /// Namespace (sub `system:serviceaccount:<ns>:<sa>`, `kubernetes.io.namespace`).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Replace `sub`.
+    #[arg(long)]
+    sub: Option<String>,
+    /// Audience (repeatable; default api://AzureADTokenExchange).
+    #[arg(long)]
+    aud: Vec<String>,
+    /// Lifetime in seconds (exp = iat + ttl).
+    #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+    ttl: i64,
+    /// iat/nbf = now + this many seconds (negative: issued in the past; with a short --ttl,
+    /// an expired token).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    issued_offset: i64,
+    #[arg(long, requires = "pod_uid")]
+    pod_name: Option<String>,
+    #[arg(long, requires = "pod_name")]
+    pod_uid: Option<String>,
+    /// Extra claim NAME=JSON (repeatable; JSON null removes the claim).
+    #[arg(long)]
+    claim: Vec<String>,
+}
+
+fn mint(m: MintToken) -> Result<(), String> {
+    use kv_emulator::issuer::{ServiceAccountToken, TestIssuer};
+    let iss = TestIssuer::load_or_generate(&m.issuer, &m.key)?;
+    let mut t = ServiceAccountToken::new(&m.namespace, &m.service_account)
+        .ttl(m.ttl)
+        .issued_offset(m.issued_offset);
+    if !m.aud.is_empty() {
+        let auds: Vec<&str> = m.aud.iter().map(String::as_str).collect();
+        t = t.audiences(&auds);
+    }
+    if let Some(s) = &m.sub {
+        t = t.subject(s);
+    }
+    if let (Some(n), Some(u)) = (&m.pod_name, &m.pod_uid) {
+        t = t.pod(n, u);
+    }
+    for c in &m.claim {
+        let (name, value) = c
+            .split_once('=')
+            .ok_or_else(|| format!("--claim {c:?}: use NAME=JSON"))?;
+        let v: serde_json::Value = serde_json::from_str(value).map_err(|e| {
+            format!("--claim {name}: value is not JSON ({e}); quote strings: '\"text\"'")
+        })?;
+        t = t.claim(name, v);
+    }
+    println!("{}", iss.mint(&t));
+    Ok(())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match cli.command.take() {
+        Some(Command::MintToken(m)) => {
+            if let Err(e) = mint(*m) {
+                fail(&e);
+            }
+            return;
+        }
+        Some(Command::Jwks { key }) => {
+            match kv_emulator::issuer::TestIssuer::load_or_generate("", &key) {
+                Ok(i) => println!("{}", i.jwks()),
+                Err(e) => fail(&e),
+            }
+            return;
+        }
+        None => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,7 +157,10 @@ fn fail(msg: &str) -> ! {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let scenario = Scenario::from_file(&cli.scenario)?;
+    let Some(scenario_path) = cli.scenario.clone() else {
+        return Err("--scenario FILE is required (or a subcommand: mint-token, jwks)".into());
+    };
+    let scenario = Scenario::from_file(&scenario_path)?;
     if cli.print_hosts {
         for h in scenario.host_names() {
             println!("{h}");
@@ -95,8 +192,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let map = emu.endpoints.to_json().to_string();
     if let Some(p) = &cli.ready_file {
-        kv_emulator::write_atomic(p, format!("{map}\n").as_bytes())
-            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+        write_ready(p, &emu, None)?;
     }
     if cli.bind_local {
         println!("{map}");
@@ -121,12 +217,58 @@ async fn run(cli: Cli) -> Result<(), String> {
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-        _ = stdin_eof => {},
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("signal handler: {e}"))?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(stdin_eof, ctrl_c);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = &mut ctrl_c => break,
+            _ = &mut stdin_eof => break,
+            _ = hup.recv() => {
+                // Runtime changes (rotate a secret, add a binding) without a restart.
+                let outcome = Scenario::from_file(&scenario_path).and_then(|s| emu.reload(s));
+                let error = match outcome {
+                    Ok(g) => {
+                        eprintln!("kv-emulator: reloaded {} (generation {g})", scenario_path.display());
+                        None
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "kv-emulator: reload of {} failed, still serving generation {}: {e}",
+                            scenario_path.display(),
+                            emu.state().generation
+                        );
+                        Some(e)
+                    }
+                };
+                if let Some(p) = &cli.ready_file {
+                    if let Err(e) = write_ready(p, &emu, error.as_deref()) {
+                        eprintln!("kv-emulator: {e}");
+                    }
+                }
+            }
+        }
     }
     emu.shutdown();
     eprintln!("kv-emulator: stopped");
     Ok(())
+}
+
+/// The ready file: the endpoint map, this process's pid (for `kill -HUP`), the scenario
+/// generation served and the last reload error, if any.
+fn write_ready(
+    p: &std::path::Path,
+    emu: &Emulator,
+    reload_error: Option<&str>,
+) -> Result<(), String> {
+    let mut v = emu.endpoints.to_json();
+    v["pid"] = serde_json::json!(std::process::id());
+    v["generation"] = serde_json::json!(emu.state().generation);
+    if let Some(e) = reload_error {
+        v["reload_error"] = serde_json::json!(e);
+    }
+    kv_emulator::write_atomic(p, format!("{v}\n").as_bytes())
+        .map_err(|e| format!("writing {}: {e}", p.display()))
 }

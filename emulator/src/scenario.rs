@@ -24,6 +24,13 @@ pub struct Scenario {
     pub latency_ms: Latency,
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Federated identity credentials (workload identity): which external tokens AAD
+    /// exchanges for a token of which application / user-assigned identity.
+    #[serde(default)]
+    pub federated_credentials: Vec<FederatedCredential>,
+    /// External token issuers AAD trusts, with their signing keys.
+    #[serde(default)]
+    pub issuers: Vec<TrustedIssuer>,
     /// Lifetime of issued tokens in seconds (default 86399).
     #[serde(default)]
     pub token_lifetime_secs: Option<u64>,
@@ -51,6 +58,64 @@ pub struct Vault {
     pub keys: Vec<Key>,
     #[serde(default)]
     pub certificates: Vec<Certificate>,
+    /// Per-vault throttle (token bucket); none: never throttled.
+    #[serde(default)]
+    pub throttle: Option<Throttle>,
+}
+
+/// Token bucket: `burst` requests at once, refilled at `requests_per_second`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    #[serde(alias = "requestsPerSecond")]
+    pub requests_per_second: f64,
+    /// Bucket size (default: requests_per_second, at least 1).
+    #[serde(default)]
+    pub burst: Option<f64>,
+}
+
+/// A federated identity credential of an application or user-assigned identity
+/// (Microsoft Graph `federatedIdentityCredential`: issuer, subject, audiences).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedCredential {
+    /// Client id of the identity the credential belongs to.
+    pub client_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Compared exactly (case-sensitive, like AAD).
+    pub issuer: String,
+    /// Compared exactly (case-sensitive, like AAD since 2024).
+    pub subject: String,
+    /// Default `["api://AzureADTokenExchange"]`.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+}
+
+impl FederatedCredential {
+    pub fn audiences(&self) -> Vec<String> {
+        self.audiences
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_FEDERATED_AUDIENCE.to_string()])
+    }
+}
+
+pub const DEFAULT_FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// An external issuer (e.g. a Kubernetes service-account issuer) and its signing keys: a
+/// JWKS inline (`jwks`), a JWKS file (`jwks_file`), or PEM files (`pem_files`: public keys,
+/// certificates or private keys; `kid` = base64url SHA-256 of the SubjectPublicKeyInfo, as
+/// the Kubernetes API server derives it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub pem_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,7 +276,8 @@ pub struct Identity {
     pub client_id: String,
     #[serde(default)]
     pub object_id: Option<String>,
-    #[serde(default)]
+    /// ARM resource id of a user-assigned identity (IMDS `msi_res_id` / `mi_res_id`).
+    #[serde(default, alias = "resource_id")]
     pub msi_res_id: Option<String>,
     pub tenant: String,
     #[serde(default)]
@@ -247,6 +313,23 @@ pub struct ImdsConfig {
     /// Client ids of the user-assigned identities attached to the VM.
     #[serde(default)]
     pub user: Vec<String>,
+    /// IMDS's per-VM limits on the identity endpoint (off unless given).
+    #[serde(default)]
+    pub limits: Option<ImdsLimits>,
+}
+
+/// IMDS answers 429 beyond `concurrency` requests in flight or `rate_per_second` requests
+/// in any one-second window (Azure: 5 concurrent, 20/s for managed identity).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImdsLimits {
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default, alias = "ratePerSecond")]
+    pub rate_per_second: Option<usize>,
+    /// Add `Retry-After: N` to the 429 (real IMDS sends none).
+    #[serde(default)]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -466,6 +549,57 @@ impl Scenario {
         for f in &self.faults {
             if f.action == FaultAction::Status && f.status.is_none() {
                 return Err("fault with action status needs a status".into());
+            }
+        }
+        for v in &self.vaults {
+            if let Some(t) = &v.throttle {
+                let rate_ok = t.requests_per_second.is_finite() && t.requests_per_second > 0.0;
+                let burst_ok = t.burst.is_none_or(|b| b.is_finite() && b >= 1.0);
+                if !rate_ok || !burst_ok {
+                    return Err(format!(
+                        "vault {}: throttle needs requests_per_second > 0 and burst >= 1",
+                        v.name
+                    ));
+                }
+            }
+        }
+        if let Some(l) = &self.imds.limits {
+            if l.concurrency == Some(0) || l.rate_per_second == Some(0) {
+                return Err("imds.limits: concurrency and rate_per_second must be >= 1".into());
+            }
+        }
+        for fc in &self.federated_credentials {
+            let Some(owner) = self
+                .identities
+                .iter()
+                .find(|i| i.client_id.eq_ignore_ascii_case(&fc.client_id))
+            else {
+                return Err(format!(
+                    "federated credential names unknown identity {}",
+                    fc.client_id
+                ));
+            };
+            // Azure: applications and user-assigned identities have federated credentials,
+            // system-assigned identities cannot.
+            if owner.kind == IdentityKind::System {
+                return Err(format!(
+                    "federated credential of {}: a system-assigned identity cannot have one (use a user-assigned identity or an application)",
+                    fc.client_id
+                ));
+            }
+            if fc.issuer.is_empty() || fc.subject.is_empty() {
+                return Err(format!(
+                    "federated credential of {}: issuer and subject must not be empty",
+                    fc.client_id
+                ));
+            }
+        }
+        for i in &self.issuers {
+            if i.jwks.is_none() && i.jwks_file.is_none() && i.pem_files.is_empty() {
+                return Err(format!(
+                    "issuer {}: give its keys (jwks, jwks_file or pem_files)",
+                    i.issuer
+                ));
             }
         }
         Ok(())

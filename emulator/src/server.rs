@@ -1,6 +1,7 @@
 //! Listeners, TLS, routing, latency, fault injection and the request log.
 
-use crate::material::Store;
+use crate::limits::Limits;
+use crate::material::{KeyMemo, Store};
 use crate::scenario::{self, Endpoint, FaultAction, Scenario};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -70,14 +71,20 @@ pub struct Emulator {
     pub endpoints: Endpoints,
     /// PEM of the CA that signed the TLS certificate.
     pub ca_pem: String,
-    pub state: Arc<State>,
+    current: Current,
+    cache_dir: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
 }
 
+/// The scenario generation requests are served from (replaced by `reload`).
+type Current = Arc<RwLock<Arc<State>>>;
+
 impl Emulator {
     pub async fn start(opts: Options) -> Result<Emulator, String> {
-        let store =
-            crate::material::Builder::new(&opts.scenario, opts.cache_dir.as_deref()).build()?;
+        let memo = KeyMemo::default();
+        let store = crate::material::Builder::new(&opts.scenario, opts.cache_dir.as_deref())
+            .with_memo(memo.clone())
+            .build()?;
         let (tls, ca_pem) = tls_config(opts.ca.as_ref())?;
         let (imds_addr, nmi_addr, https_addr) = match opts.bind {
             BindMode::Local => {
@@ -132,26 +139,52 @@ impl Emulator {
             )),
             None => None,
         };
-        let nfaults = opts.scenario.faults.len();
-        let state = Arc::new(State {
-            lifetime: opts.scenario.token_lifetime_secs.unwrap_or(86399),
-            scenario: opts.scenario,
+        let state = State::new(
+            opts.scenario,
             store,
-            started: Instant::now(),
-            fault_counts: Mutex::new(vec![0; nfaults]),
-            nmi_calls: Mutex::new(HashMap::new()),
-            log,
-        });
+            Shared {
+                started: Instant::now(),
+                nmi_calls: Arc::new(Mutex::new(HashMap::new())),
+                log: Arc::new(log),
+                limits: Arc::new(Limits::default()),
+                memo,
+            },
+            0,
+        );
+        let current: Current = Arc::new(RwLock::new(Arc::new(state)));
         let (tx, rx) = watch::channel(false);
-        spawn_listener(imds, Kind::Imds, None, state.clone(), rx.clone());
-        spawn_listener(nmi, Kind::Nmi, None, state.clone(), rx.clone());
-        spawn_listener(https, Kind::Https, Some(tls), state.clone(), rx);
+        spawn_listener(imds, Kind::Imds, None, current.clone(), rx.clone());
+        spawn_listener(nmi, Kind::Nmi, None, current.clone(), rx.clone());
+        spawn_listener(https, Kind::Https, Some(tls), current.clone(), rx);
         Ok(Emulator {
             endpoints,
             ca_pem,
-            state,
+            current,
+            cache_dir: opts.cache_dir,
             shutdown: tx,
         })
+    }
+
+    /// The scenario generation now served.
+    pub fn state(&self) -> Arc<State> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serve `scenario` from now on, keeping the TLS CA, every generated key (same labels,
+    /// same keys), the request log, NMI call counts and throttle state. Fault budgets start
+    /// again. On error the current scenario stays. Returns the new generation number.
+    pub fn reload(&self, scenario: Scenario) -> Result<u64, String> {
+        let old = self.state();
+        let store = crate::material::Builder::new(&scenario, self.cache_dir.as_deref())
+            .with_memo(old.shared.memo.clone())
+            .build()?;
+        let generation = old.generation + 1;
+        let next = State::new(scenario, store, old.shared.clone(), generation);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(generation)
     }
 
     pub fn shutdown(&self) {
@@ -247,14 +280,42 @@ fn leaving_route(v4: &str, v6: &str) -> Option<String> {
     None
 }
 
+/// One generation of the scenario and what it built, plus the state shared by all generations.
 pub struct State {
     pub scenario: Scenario,
     pub store: Store,
     pub started: Instant,
     pub lifetime: u64,
+    /// 0 at start, +1 per successful reload.
+    pub generation: u64,
     fault_counts: Mutex<Vec<u64>>,
-    pub nmi_calls: Mutex<HashMap<(String, String), u64>>,
-    log: Option<Mutex<std::fs::File>>,
+    pub nmi_calls: Arc<Mutex<HashMap<(String, String), u64>>>,
+    shared: Shared,
+}
+
+/// What survives a reload.
+#[derive(Clone)]
+struct Shared {
+    started: Instant,
+    nmi_calls: Arc<Mutex<HashMap<(String, String), u64>>>,
+    log: Arc<Option<Mutex<std::fs::File>>>,
+    limits: Arc<Limits>,
+    memo: KeyMemo,
+}
+
+impl State {
+    fn new(scenario: Scenario, store: Store, shared: Shared, generation: u64) -> State {
+        State {
+            lifetime: scenario.token_lifetime_secs.unwrap_or(86399),
+            fault_counts: Mutex::new(vec![0; scenario.faults.len()]),
+            scenario,
+            store,
+            started: shared.started,
+            generation,
+            nmi_calls: shared.nmi_calls.clone(),
+            shared,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -345,7 +406,7 @@ fn spawn_listener(
     listener: TcpListener,
     kind: Kind,
     tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<State>,
+    current: Current,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -359,12 +420,13 @@ fn spawn_listener(
                 _ = shutdown.changed() => break,
             };
             let _ = stream.set_nodelay(true);
-            let state = state.clone();
+            let current = current.clone();
             let acceptor = acceptor.clone();
             let mut conn_shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let state = state.clone();
+                    // Each request is served from one scenario generation, start to end.
+                    let state = current.read().unwrap_or_else(|e| e.into_inner()).clone();
                     async move { handle(state, kind, peer, req).await }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -466,6 +528,41 @@ async fn handle(
         peer,
     };
 
+    // Azure's limits come first: a refused request costs nothing (no latency, no fault).
+    let identity_path = r
+        .path
+        .to_ascii_lowercase()
+        .starts_with("/metadata/identity");
+    let _imds_slot = match &state.scenario.imds.limits {
+        Some(cfg) if endpoint == Endpoint::Imds && identity_path => {
+            match state.shared.limits.imds_admit(cfg) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    // Real IMDS (Server: IMDS/150.870.65.1103) answers this body, without
+                    // Retry-After (Azure/azure-sdk-for-net#39574).
+                    let mut resp = Resp::json(
+                        429,
+                        &json!({"error": "invalid_request", "error_description": "Temporarily throttled, too many requests"}),
+                    );
+                    if let Some(ra) = cfg.retry_after {
+                        resp = resp.header("Retry-After", &ra.to_string());
+                    }
+                    return Ok(state.finish(&r, endpoint, t0, resp, None, Some(why.as_str())));
+                }
+            }
+        }
+        _ => None,
+    };
+    if endpoint == Endpoint::Keyvault {
+        if let Some((vault, throttle)) = crate::keyvault::throttle_for_host(&state, &r.host) {
+            if let Err(wait) = state.shared.limits.vault_take(&vault, throttle) {
+                let resp = fault_response(Endpoint::Keyvault, 429)
+                    .header("Retry-After", &wait.to_string());
+                return Ok(state.finish(&r, endpoint, t0, resp, None, Some("vault")));
+            }
+        }
+    }
+
     let latency = match endpoint {
         Endpoint::Imds => state.scenario.latency_ms.imds,
         Endpoint::Nmi => state.scenario.latency_ms.nmi,
@@ -501,11 +598,11 @@ async fn handle(
     let resp = match fault {
         Some(f) => match f.action {
             FaultAction::Close => {
-                state.log(&r, endpoint, 0, t0, None, None, Some("close"));
+                state.log(&r, endpoint, 0, t0, None, None, Some("close"), None);
                 return Err(CloseConnection);
             }
             FaultAction::StallForever => {
-                state.log(&r, endpoint, 0, t0, None, None, Some("stall_forever"));
+                state.log(&r, endpoint, 0, t0, None, None, Some("stall_forever"), None);
                 std::future::pending::<()>().await;
                 return Err(CloseConnection);
             }
@@ -526,31 +623,47 @@ async fn handle(
         },
         None => dispatch(&state, endpoint, &r).await,
     };
-    let request_id = resp
-        .headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("x-ms-request-id"))
-        .map(|(_, v)| v.clone());
-    state.log(
-        &r,
-        endpoint,
-        resp.status,
-        t0,
-        resp.identity.clone(),
-        request_id,
-        fault_name.as_deref(),
-    );
-    let mut builder = Response::builder()
-        .status(StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
-    for (k, v) in &resp.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    match builder.body(Full::new(Bytes::from(resp.body))) {
-        Ok(r) => Ok(r),
-        Err(_) => {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"bad response header\n")));
-            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            Ok(r)
+    Ok(state.finish(&r, endpoint, t0, resp, fault_name.as_deref(), None))
+}
+
+impl State {
+    /// Log the answer and turn it into a hyper response.
+    fn finish(
+        &self,
+        r: &Req,
+        endpoint: Endpoint,
+        t0: Instant,
+        resp: Resp,
+        fault: Option<&str>,
+        throttled: Option<&str>,
+    ) -> Response<Full<Bytes>> {
+        let request_id = resp
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-ms-request-id"))
+            .map(|(_, v)| v.clone());
+        self.log(
+            r,
+            endpoint,
+            resp.status,
+            t0,
+            resp.identity.clone(),
+            request_id,
+            fault,
+            throttled,
+        );
+        let mut builder = Response::builder()
+            .status(StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        for (k, v) in &resp.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        match builder.body(Full::new(Bytes::from(resp.body))) {
+            Ok(r) => r,
+            Err(_) => {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"bad response header\n")));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
         }
     }
 }
@@ -610,8 +723,11 @@ impl State {
         identity: Option<String>,
         request_id: Option<String>,
         fault: Option<&str>,
+        throttled: Option<&str>,
     ) {
-        let Some(log) = &self.log else { return };
+        let Some(log) = self.shared.log.as_ref() else {
+            return;
+        };
         let mut line = json!({
             "ts": crate::util::rfc3339_now(),
             "endpoint": endpoint.as_str(),
@@ -625,6 +741,10 @@ impl State {
         });
         if let Some(f) = fault {
             line["fault"] = json!(f);
+        }
+        if let Some(t) = throttled {
+            // "concurrency" / "rate" (IMDS limits) or "vault" (vault throttle): 429s by cause.
+            line["throttled"] = json!(t);
         }
         if endpoint == Endpoint::Nmi {
             line["podns"] = json!(r.header("podns"));

@@ -88,7 +88,32 @@ pub fn verify(jwt: &str) -> Result<Value, TokenError> {
 /// Why an assertion was rejected (AADSTS code, message).
 pub type AssertionError = (u32, String);
 
-/// Verify a client assertion against the registered certificate.
+/// AAD's thumbprint notation in messages: upper-case hex of the decoded `x5t` / `x5t#S256`.
+fn thumbprint_hex(b64: &str) -> String {
+    b64url_decode(b64)
+        .map(|d| crate::util::hex(&d).to_ascii_uppercase())
+        .unwrap_or_else(|| b64.to_string())
+}
+
+/// `Start=MM/DD/YYYY HH:MM:SS, End=…` of a certificate, as AAD prints a found key.
+fn key_validity(cert_der: &[u8]) -> String {
+    let fmt = |t: i64| crate::util::utc_secs(t, "{M}/{D}/{Y} {h}:{m}:{s}");
+    match x509_parser::parse_x509_certificate(cert_der) {
+        Ok((_, c)) => format!(
+            "Start={}, End={}",
+            fmt(c.validity().not_before.timestamp()),
+            fmt(c.validity().not_after.timestamp())
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// Verify a certificate client assertion against the registered certificate, in AAD's
+/// order and with its codes (texts from real responses quoted in public issues and the
+/// Azure SDK for Java troubleshooting table):
+/// thumbprint (`x5t` SHA-1, padded or not, or `x5t#S256`) → 700027 "not registered";
+/// RS256 / PS256 signature → 700027 "invalid signature"; `aud` = the token endpoint →
+/// 700023; `iss` = `sub` = client id → 700021; `exp` / `nbf` → 700024.
 pub fn verify_assertion(
     jwt: &str,
     client_id: &str,
@@ -96,82 +121,62 @@ pub fn verify_assertion(
     key: &rsa::RsaPublicKey,
     accepted_audiences: &[String],
 ) -> Result<(), AssertionError> {
-    let bad = |m: &str| {
+    let bad = || {
         (
             50027u32,
-            format!("AADSTS50027: JWT token is invalid or malformed. {m}"),
+            "AADSTS50027: JWT token is invalid or malformed.".to_string(),
         )
     };
-    let mut parts = jwt.split('.');
-    let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(c), Some(s), None) => (h, c, s),
-        _ => return Err(bad("Expected three parts.")),
-    };
-    let header: Value = b64url_decode(h)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad("Bad header."))?;
-    let claims: Value = b64url_decode(c)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad("Bad claims."))?;
-    let sig = b64url_decode(s).ok_or_else(|| bad("Bad signature encoding."))?;
+    let p = crate::federated::parse(jwt).ok_or_else(bad)?;
+    let (header, claims) = (&p.header, &p.claims);
 
-    // Which certificate: x5t (SHA-1, padded or not) or x5t#S256.
     let sha1 = b64url(&Sha1::digest(cert_der));
     let sha256 = b64url(&Sha256::digest(cert_der));
     let x5t = header["x5t"].as_str().map(|s| s.trim_end_matches('='));
     let x5t256 = header["x5t#S256"].as_str().map(|s| s.trim_end_matches('='));
-    let matches = x5t == Some(sha1.as_str()) || x5t256 == Some(sha256.as_str());
-    if !matches {
+    let presented = thumbprint_hex(x5t.or(x5t256).unwrap_or(""));
+    if x5t != Some(sha1.as_str()) && x5t256 != Some(sha256.as_str()) {
         return Err((
             700027,
             format!(
-                "AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]",
-                x5t.or(x5t256).unwrap_or("")
+                "AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{presented}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'. Review the documentation at https://docs.microsoft.com/en-us/graph/deployments to determine the corresponding service endpoint and https://docs.microsoft.com/en-us/graph/api/application-get?view=graph-rest-1.0&tabs=http to build a query request URL, such as 'https://graph.microsoft.com/beta/applications/{client_id}'.]"
             ),
         ));
     }
-    let digest = Sha256::digest(format!("{h}.{c}").as_bytes());
+    let digest = Sha256::digest(p.signing_input.as_bytes());
     let ok = match header["alg"].as_str() {
         Some("RS256") => key
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, &sig)
+            .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, &p.signature)
             .is_ok(),
-        Some("PS256") => key.verify(Pss::new::<Sha256>(), &digest, &sig).is_ok(),
+        Some("PS256") => key
+            .verify(Pss::new::<Sha256>(), &digest, &p.signature)
+            .is_ok(),
         _ => false,
     };
     if !ok {
         return Err((
             700027,
-            "AADSTS700027: Client assertion failed signature validation.".to_string(),
+            format!(
+                "AADSTS700027: Client assertion contains an invalid signature. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '{presented}', Found key '{}']",
+                key_validity(cert_der)
+            ),
         ));
     }
     let aud = claims["aud"].as_str().unwrap_or("");
     if !accepted_audiences.iter().any(|a| a == aud) {
         return Err((
-            700016,
-            format!("AADSTS50013: Assertion failed signature validation. [Reason - The provided audience '{aud}' is not valid.]"),
+            700023,
+            "AADSTS700023: Client assertion audience claim does not match Realm issuer. Review the documentation at https://learn.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials.".into(),
         ));
     }
     if claims["iss"].as_str() != Some(client_id) || claims["sub"].as_str() != Some(client_id) {
         return Err((
             700021,
-            "AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter.".into(),
+            "AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://learn.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials".into(),
         ));
     }
-    let t = now();
-    let exp = claims["exp"].as_f64().unwrap_or(0.0) as i64;
-    if exp <= t {
-        return Err((
-            700024,
-            "AADSTS700024: Client assertion is not within its valid time range.".into(),
-        ));
-    }
-    if let Some(nbf) = claims["nbf"].as_f64().map(|n| n as i64) {
-        if nbf > t + 300 {
-            return Err((
-                700024,
-                "AADSTS700024: Client assertion is not within its valid time range.".into(),
-            ));
-        }
+    if let Some(r) = crate::federated::check_lifetime(claims) {
+        return Err((r.code, r.message));
     }
     Ok(())
 }

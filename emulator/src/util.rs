@@ -142,33 +142,34 @@ pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// UTC date and time of a Unix timestamp with a pattern of `{Y}` (4 digits), `{M}`, `{D}`,
+/// `{h}`, `{m}`, `{s}` (2 digits) and `{ms}` (3 digits): the one place dates are formatted.
+pub fn utc(unix_millis: i128, pattern: &str) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(unix_millis * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    pattern
+        .replace("{Y}", &format!("{:04}", t.year()))
+        .replace("{M}", &format!("{:02}", u8::from(t.month())))
+        .replace("{D}", &format!("{:02}", t.day()))
+        .replace("{h}", &format!("{:02}", t.hour()))
+        .replace("{ms}", &format!("{:03}", t.millisecond()))
+        .replace("{m}", &format!("{:02}", t.minute()))
+        .replace("{s}", &format!("{:02}", t.second()))
+}
+
+/// `utc` of a time in Unix seconds.
+pub fn utc_secs(unix: i64, pattern: &str) -> String {
+    utc(i128::from(unix) * 1000, pattern)
+}
+
 /// UTC timestamp `YYYY-MM-DD HH:MM:SSZ`.
 pub fn aad_timestamp() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    utc(now_millis() as i128, "{Y}-{M}-{D} {h}:{m}:{s}Z")
 }
 
 /// RFC 3339 with milliseconds, for the request log.
 pub fn rfc3339_now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    utc(now_millis() as i128, "{Y}-{M}-{D}T{h}:{m}:{s}.{ms}Z")
 }
 
 #[cfg(test)]
@@ -186,6 +187,15 @@ mod tests {
             parse_pairs("resource=https://vault.azure.net")[0].1,
             "https://vault.azure.net"
         );
+    }
+
+    #[test]
+    fn utc_formats() {
+        assert_eq!(
+            utc_secs(1_700_000_000, "{Y}-{M}-{D} {h}:{m}:{s}"),
+            "2023-11-14 22:13:20"
+        );
+        assert_eq!(utc(1_700_000_000_123, "{s}.{ms}"), "20.123");
     }
 
     #[test]

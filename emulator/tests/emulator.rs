@@ -264,12 +264,17 @@ async fn imds_tokens_and_errors() {
         assert_eq!(r.status(), 200, "{q}");
         assert_eq!(j(&r.text().await.expect("body"))["client_id"], USER, "{q}");
     }
-    // unknown identity / service principal are not VM identities
-    for cid in ["99999999-0000-0000-0000-000000000000", SP] {
+    // unknown identity / service principal / identity not attached to the VM (by resource id)
+    for q in [
+        "client_id=99999999-0000-0000-0000-000000000000".to_string(),
+        format!("client_id={SP}"),
+        "msi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/nope".to_string(),
+        "msi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-workload".to_string(),
+    ] {
         let r = t
             .http
             .get(t.imds(&format!(
-                "api-version=2018-02-01&resource=https://vault.azure.net&client_id={cid}"
+                "api-version=2018-02-01&resource=https://vault.azure.net&{q}"
             )))
             .header("Metadata", "true")
             .send()
@@ -630,24 +635,45 @@ async fn aad_client_assertions() {
             r.text().await.unwrap_or_default()
         );
     }
+    let good = sign_assertion("RS256", &v2, SP_CERT, 600, "x5t");
+    let (input, _) = good.rsplit_once('.').expect("jws");
+    let unregistered = {
+        // Same key and claims, a thumbprint no registered certificate has.
+        let mut parts = good.splitn(2, '.');
+        let _ = parts.next();
+        let h = kv_emulator::util::b64url(
+            br#"{"alg":"RS256","typ":"JWT","x5t":"AAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
+        );
+        format!("{h}.{}", parts.next().expect("rest"))
+    };
     let bad = [
-        sign_assertion("RS256", "https://example.com/token", SP_CERT, 600, "x5t"),
-        sign_assertion("RS256", &v2, SP_CERT, -10, "x5t"),
-        sign_assertion("RS256", &v2, SP, 600, "x5t"),
+        (
+            sign_assertion("RS256", "https://example.com/token", SP_CERT, 600, "x5t"),
+            700023,
+            "audience claim does not match",
+        ),
+        (
+            sign_assertion("RS256", &v2, SP_CERT, -10, "x5t"),
+            700024,
+            "not within its valid time range",
+        ),
+        (
+            sign_assertion("RS256", &v2, SP, 600, "x5t"),
+            700021,
+            "doesn't match 'client_id'",
+        ),
+        (format!("{input}.AAAA"), 700027, "invalid signature"),
+        (unregistered, 700027, "is not registered on application"),
     ];
-    for a in bad {
-        let r = t
-            .http
-            .post(t.aad(&format!("/{TENANT}/oauth2/v2.0/token")))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "client_id={SP_CERT}&grant_type=client_credentials&scope=https%3A%2F%2Fvault.azure.net%2F.default&client_assertion_type={assertion_type}&client_assertion={a}"
-            ))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 401);
-        assert_eq!(j(&r.text().await.expect("body"))["error"], "invalid_client");
+    for (a, code, text) in bad {
+        let (status, v) = t.exchange(SP_CERT, &a).await;
+        assert_eq!(status, 401);
+        assert_eq!(v["error"], "invalid_client");
+        assert_eq!(v["error_codes"], json!([code]), "{v}");
+        assert!(
+            v["error_description"].as_str().expect("d").contains(text),
+            "{v}"
+        );
     }
     // MSAL discovery documents
     let (s, _, b) = t
@@ -1442,4 +1468,525 @@ fn binary_bind_local_prints_endpoints_and_exits_on_stdin_eof() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workload identity federation
+
+const ISSUER: &str = "https://oidc.kv-emulator.test/cluster";
+const WI_APP: &str = "00000000-0000-0000-0000-00000000a007";
+const WI_MI: &str = "00000000-0000-0000-0000-00000000a008";
+
+fn test_issuer() -> kv_emulator::issuer::TestIssuer {
+    let pem = std::fs::read_to_string(scenarios_dir().join("material/issuer-key.pem"))
+        .expect("issuer key");
+    kv_emulator::issuer::TestIssuer::from_pem(ISSUER, &pem).expect("issuer")
+}
+
+impl T {
+    /// POST a client assertion to the v2 token endpoint: (status, body).
+    async fn exchange(&self, client_id: &str, assertion: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.aad(&format!("/{TENANT}/oauth2/v2.0/token")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "client_id={client_id}&grant_type=client_credentials&scope=https%3A%2F%2Fvault.azure.net%2F.default&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+            ))
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        (status, j(&r.text().await.expect("body")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_federation() {
+    use kv_emulator::issuer::ServiceAccountToken;
+    let mut v = example_value();
+    // A credential whose issuer has no keys in the scenario (AAD cannot reach its metadata).
+    v["federated_credentials"]
+        .as_array_mut()
+        .expect("fics")
+        .push(json!({"client_id": WI_APP, "issuer": "https://unreachable.example", "subject": "system:serviceaccount:demo:workload"}));
+    let t = start(v).await;
+    let iss = test_issuer();
+    let sa = || {
+        ServiceAccountToken::new("demo", "workload")
+            .pod("demo-pod", "11111111-aaaa-bbbb-cccc-000000000001")
+    };
+
+    // The application and the user-assigned identity both exchange their pod's token.
+    let (s, body) = t.exchange(WI_APP, &iss.mint(&sa())).await;
+    assert_eq!(s, 200, "{body}");
+    let tok = body["access_token"].as_str().expect("token").to_string();
+    let c = kv_emulator::token::verify(&tok).expect("emulator token");
+    assert_eq!(c["appid"], WI_APP);
+    let (s, _, b) = t
+        .get(&t.kv("/secrets/db-password?api-version=7.4"), Some(&tok))
+        .await;
+    assert_eq!((s, j(&b)["value"].clone()), (200, json!("s3cr3t-P@ssw0rd")));
+    let (s, body) = t
+        .exchange(
+            WI_MI,
+            &iss.mint(&ServiceAccountToken::new("demo", "workload-mi")),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        kv_emulator::token::verify(body["access_token"].as_str().expect("t")).expect("t")["appid"],
+        WI_MI
+    );
+    // A v1 request with the same assertion also works.
+    let r = t
+        .http
+        .post(t.aad(&format!("/{TENANT}/oauth2/token?api-version=1.0")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "client_id={WI_APP}&grant_type=client_credentials&resource=https%3A%2F%2Fvault.azure.net&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}",
+            iss.mint(&sa())
+        ))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+
+    // Another key, claiming to be the issuer's.
+    let other = kv_emulator::issuer::TestIssuer::from_pem(
+        ISSUER,
+        &std::fs::read_to_string(scenarios_dir().join("material/rsa-key.pem")).expect("key"),
+    )
+    .expect("other");
+    let claims = sa().claims(ISSUER);
+    let cases: Vec<(&str, String, u16, &str, u64, &str)> = vec![
+        (WI_APP, iss.mint(&ServiceAccountToken::new("other-ns", "workload")), 401, "invalid_client", 700213,
+         "presented assertion subject 'system:serviceaccount:other-ns:workload'"),
+        (WI_APP, iss.mint(&ServiceAccountToken::new("demo", "Workload")), 401, "invalid_client", 7002138,
+         "case-insensitive comparison"),
+        (WI_APP, iss.mint(&sa().audiences(&["api://other"])), 401, "invalid_client", 700212,
+         "presented assertion audience 'api://other'"),
+        (WI_APP, iss.mint(&sa().issuer("https://other-issuer.example")), 401, "invalid_client", 700211,
+         "presented assertion issuer 'https://other-issuer.example'"),
+        (WI_APP, iss.mint(&sa().issued_offset(-7200)), 401, "invalid_client", 700024,
+         "not within its valid time range"),
+        (WI_APP, iss.mint(&sa().issuer("https://unreachable.example")), 400, "invalid_request", 50166,
+         "Request to External OIDC endpoint failed"),
+        (WI_APP, other.sign(&claims), 401, "invalid_client", 7000272,
+         "could not be found in the metadata of identity provider https://oidc.kv-emulator.test/cluster"),
+        (WI_APP, other.sign_with_kid(&claims, Some(&iss.kid)), 401, "invalid_client", 700027,
+         "invalid signature"),
+        (WI_APP, "not.a-jwt".to_string(), 400, "invalid_request", 50027, "invalid or malformed"),
+        // An application without federated credentials.
+        (SP, iss.mint(&sa()), 400, "invalid_request", 70021,
+         "Assertion Issuer: 'https://oidc.kv-emulator.test/cluster'. Assertion Subject: 'system:serviceaccount:demo:workload'"),
+        ("99999999-0000-0000-0000-000000000000", iss.mint(&sa()), 400, "unauthorized_client", 700016,
+         "was not found in the directory"),
+    ];
+    for (cid, a, status, error, code, text) in cases {
+        let (s, v) = t.exchange(cid, &a).await;
+        assert_eq!(s, status, "{text}: {v}");
+        assert_eq!(v["error"], error, "{v}");
+        assert_eq!(v["error_codes"], json!([code]), "{v}");
+        let d = v["error_description"].as_str().expect("description");
+        assert!(
+            d.starts_with(&format!("AADSTS{code}: ")) && d.contains(text),
+            "{d}"
+        );
+        for k in ["timestamp", "trace_id", "correlation_id"] {
+            assert!(v[k].is_string(), "{k}: {v}");
+        }
+    }
+    // The assertion never reaches the request log.
+    let log = std::fs::read_to_string(&t.log).expect("log");
+    assert!(!log.contains(&iss.mint(&sa())[..40]));
+    assert!(t
+        .log_lines()
+        .iter()
+        .any(|l| l["endpoint"] == "aad" && l["client_id"] == WI_APP && l["status"] == 200));
+}
+
+#[test]
+fn issuer_keys_from_files() {
+    // JWKS file and PEM files resolve against the material dir, and bad ones are named.
+    let dir = temp_dir();
+    let iss = test_issuer();
+    std::fs::write(dir.0.join("jwks.json"), iss.jwks().to_string()).expect("write");
+    let mut v = example_value();
+    v["material_dir"] = json!(dir.0.to_string_lossy());
+    v["vaults"] = json!([]);
+    v["identities"] = json!([{"kind": "service_principal", "client_id": WI_APP, "tenant": TENANT}]);
+    v["access_policies"] = json!([]);
+    v["federated_credentials"] = json!([]);
+    v["issuers"] = json!([{"issuer": ISSUER, "jwks_file": "jwks.json"}]);
+    let s = Scenario::from_value(v.clone(), &scenarios_dir()).expect("scenario");
+    let store = kv_emulator::material::Builder::new(&s, None)
+        .build()
+        .expect("build");
+    assert_eq!(
+        store.issuers[0].keys[0].0.as_deref(),
+        Some(iss.kid.as_str())
+    );
+    v["issuers"] = json!([{"issuer": ISSUER, "jwks_file": "missing.json"}]);
+    let s = Scenario::from_value(v.clone(), &scenarios_dir()).expect("scenario");
+    let e = kv_emulator::material::Builder::new(&s, None)
+        .build()
+        .err()
+        .expect("error");
+    assert!(e.contains(ISSUER) && e.contains("missing.json"), "{e}");
+    v["issuers"] = json!([{"issuer": ISSUER}]);
+    let e = Scenario::from_value(v.clone(), &scenarios_dir()).expect_err("error");
+    assert!(e.contains("jwks"), "{e}");
+    v["issuers"] = json!([]);
+    v["federated_credentials"] = json!([{"client_id": "nobody", "issuer": ISSUER, "subject": "s"}]);
+    let e = Scenario::from_value(v.clone(), &scenarios_dir()).expect_err("error");
+    assert!(e.contains("unknown identity nobody"), "{e}");
+    v["identities"] = json!([{"kind": "system", "client_id": SYSTEM, "tenant": TENANT}]);
+    v["federated_credentials"] = json!([{"client_id": SYSTEM, "issuer": ISSUER, "subject": "s"}]);
+    let e = Scenario::from_value(v, &scenarios_dir()).expect_err("error");
+    assert!(e.contains("system-assigned identity cannot"), "{e}");
+}
+
+#[test]
+fn mint_token_cli() {
+    let Ok(bin) = kv_emulator::netns::emulator_binary() else {
+        panic!("cannot run: kv-emulator binary not built (cargo build --workspace --bins)");
+    };
+    let out = std::process::Command::new(&bin)
+        .args([
+            "mint-token",
+            "--issuer",
+            ISSUER,
+            "--namespace",
+            "demo",
+            "--service-account",
+            "workload",
+        ])
+        .arg("--key")
+        .arg(scenarios_dir().join("material/issuer-key.pem"))
+        .args(["--ttl", "-60", "--aud", "api://a", "--aud", "api://b"])
+        .args([
+            "--pod-name",
+            "p",
+            "--pod-uid",
+            "u",
+            "--claim",
+            "extra=\"x\"",
+            "--claim",
+            "jti=null",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = String::from_utf8(out.stdout).expect("utf8");
+    let p = kv_emulator::federated::parse(jwt.trim()).expect("jwt");
+    assert_eq!(p.header["kid"], test_issuer().kid);
+    assert_eq!(p.claims["sub"], "system:serviceaccount:demo:workload");
+    assert_eq!(p.claims["aud"], json!(["api://a", "api://b"]));
+    assert_eq!(
+        p.claims["kubernetes.io"]["pod"],
+        json!({"name": "p", "uid": "u"})
+    );
+    assert_eq!(p.claims["extra"], "x");
+    assert!(p.claims.get("jti").is_none());
+    assert!(p.claims["exp"].as_i64().expect("exp") < kv_emulator::util::now());
+    let out = std::process::Command::new(&bin)
+        .args(["mint-token", "--issuer", ISSUER, "--claim", "bad"])
+        .arg("--key")
+        .arg(scenarios_dir().join("material/issuer-key.pem"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=JSON"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits: IMDS concurrency / rate, vault throttle
+
+async fn imds_burst(t: &T, n: usize) -> Vec<(u16, String)> {
+    let url = t.imds("api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net");
+    let futs: Vec<_> = (0..n)
+        .map(|_| {
+            let req = t.http.get(&url).header("Metadata", "true");
+            async move {
+                let r = req.send().await.expect("send");
+                let s = r.status().as_u16();
+                (s, r.text().await.expect("body"))
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(tokio::spawn(f));
+    }
+    let mut res = Vec::new();
+    for h in out {
+        res.push(h.await.expect("join"));
+    }
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_limits_concurrency_and_rate() {
+    // Off unless the scenario asks: 8 concurrent requests all succeed.
+    let mut v = example_value();
+    v["latency_ms"]["imds"] = json!(1000);
+    let t = start(v.clone()).await;
+    assert!(imds_burst(&t, 8).await.iter().all(|(s, _)| *s == 200));
+    drop(t);
+
+    v["imds"]["limits"] = json!({"concurrency": 3});
+    let t = start(v.clone()).await;
+    let res = imds_burst(&t, 8).await;
+    let ok = res.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 3, "{res:?}");
+    for (s, b) in res.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*s, 429);
+        assert_eq!(
+            j(b),
+            json!({"error": "invalid_request", "error_description": "Temporarily throttled, too many requests"})
+        );
+    }
+    let throttled = t
+        .log_lines()
+        .iter()
+        .filter(|l| l["status"] == 429 && l["throttled"] == "concurrency")
+        .count();
+    assert_eq!(throttled, 5);
+    // Slots come back once answered.
+    assert!(imds_burst(&t, 3).await.iter().all(|(s, _)| *s == 200));
+    drop(t);
+
+    v["latency_ms"]["imds"] = json!(0);
+    v["imds"]["limits"] = json!({"ratePerSecond": 4, "retry_after": 1});
+    let t = start(v).await;
+    let url = t.imds("api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net");
+    let mut statuses = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..6 {
+        let r = t
+            .http
+            .get(&url)
+            .header("Metadata", "true")
+            .send()
+            .await
+            .expect("send");
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "too slow to test the rate"
+    );
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = t
+        .http
+        .get(&url)
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        t.log_lines()
+            .iter()
+            .filter(|l| l["throttled"] == "rate")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_throttle_token_bucket() {
+    let mut v = example_value();
+    v["vaults"][0]["throttle"] = json!({"requests_per_second": 1, "burst": 3});
+    let t = start(v).await;
+    let tok = t.mi_token(None).await;
+    let url = t.kv("/secrets/db-password?api-version=7.4");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(t.get(&url, Some(&tok)).await);
+    }
+    assert!(got[..3].iter().all(|(s, _, _)| *s == 200));
+    let (s, h, b) = &got[3];
+    assert_eq!(*s, 429);
+    assert_eq!(h["retry-after"], "1");
+    assert!(h.contains_key("x-ms-request-id"));
+    assert_eq!(j(b)["error"]["code"], "Throttled");
+    assert!(j(b)["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("too many requests"));
+    // Other vaults are not throttled; the bucket refills.
+    let other = format!(
+        "https://kvother.vault.azure.net:{}/secrets/other-secret?api-version=7.4",
+        t.emu.endpoints.https.port()
+    );
+    assert_eq!(t.get(&other, Some(&tok)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(t.get(&url, Some(&tok)).await.0, 200);
+    let lines = t.log_lines();
+    let throttled: Vec<&Value> = lines.iter().filter(|l| l["throttled"] == "vault").collect();
+    assert_eq!(throttled.len(), 1);
+    assert_eq!(throttled[0]["status"], 429);
+    assert_eq!(throttled[0]["host"], "kvdemo.vault.azure.net");
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rotates_objects_and_keeps_keys() {
+    let t = start(example_value()).await;
+    let tok = t.mi_token(None).await;
+    let ec = |b: &str| j(b)["key"]["x"].clone();
+    let (_, _, b) = t
+        .get(&t.kv("/keys/ec-key?api-version=7.4"), Some(&tok))
+        .await;
+    let ec_before = ec(&b);
+    let (_, _, b) = t
+        .get(&t.kv("/secrets/db-password?api-version=7.4"), Some(&tok))
+        .await;
+    let old_version = j(&b)["id"]
+        .as_str()
+        .expect("id")
+        .rsplit('/')
+        .next()
+        .expect("v")
+        .to_string();
+    assert_eq!(t.emu.state().generation, 0);
+
+    // Rotate db-password (a second version) and bind another pod.
+    let mut v = example_value();
+    v["vaults"][0]["secrets"][0] = json!({"name": "db-password", "versions": [
+        {"value": "s3cr3t-P@ssw0rd", "version": old_version, "created": 1700000000},
+        {"value": "rotated", "created": 1800000000}
+    ]});
+    v["nmi"]["bindings"]
+        .as_array_mut()
+        .expect("bindings")
+        .push(json!({"namespace": "demo", "pod": "new-pod", "client_id": POD}));
+    let g = t
+        .emu
+        .reload(Scenario::from_value(v, &scenarios_dir()).expect("scenario"))
+        .expect("reload");
+    assert_eq!(g, 1);
+    let (s, _, b) = t
+        .get(&t.kv("/secrets/db-password?api-version=7.4"), Some(&tok))
+        .await;
+    assert_eq!((s, j(&b)["value"].clone()), (200, json!("rotated")));
+    let (_, _, b) = t
+        .get(
+            &t.kv(&format!(
+                "/secrets/db-password/{old_version}?api-version=7.4"
+            )),
+            Some(&tok),
+        )
+        .await;
+    assert_eq!(j(&b)["value"], "s3cr3t-P@ssw0rd");
+    // Generated keys survive the reload.
+    let (_, _, b) = t
+        .get(&t.kv("/keys/ec-key?api-version=7.4"), Some(&tok))
+        .await;
+    assert_eq!(ec(&b), ec_before);
+    let r = t
+        .http
+        .get(t.nmi("/host/token/?resource=https://vault.azure.net"))
+        .header("podns", "demo")
+        .header("podname", "new-pod")
+        .send()
+        .await
+        .expect("nmi");
+    assert_eq!(r.status(), 200);
+
+    // A scenario that does not build leaves the current one in place.
+    let mut bad = example_value();
+    bad["vaults"][0]["keys"][0]["pem_file"] = json!("material/nonexistent.pem");
+    let e = t
+        .emu
+        .reload(Scenario::from_value(bad, &scenarios_dir()).expect("parses"))
+        .expect_err("error");
+    assert!(e.contains("nonexistent.pem"), "{e}");
+    assert_eq!(t.emu.state().generation, 1);
+    let (_, _, b) = t
+        .get(&t.kv("/secrets/db-password?api-version=7.4"), Some(&tok))
+        .await;
+    assert_eq!(j(&b)["value"], "rotated");
+}
+
+#[test]
+fn binary_reloads_on_sighup() {
+    let Ok(bin) = kv_emulator::netns::emulator_binary() else {
+        panic!("cannot run: kv-emulator binary not built (cargo build --workspace --bins)");
+    };
+    let dir = temp_dir();
+    let scenario = dir.0.join("scenario.json");
+    let mut v = example_value();
+    std::fs::write(&scenario, v.to_string()).expect("write");
+    let ready = dir.0.join("ready");
+    let mut child = std::process::Command::new(bin)
+        .arg("--scenario")
+        .arg(&scenario)
+        .args(["--bind-local", "--exit-on-stdin-eof", "--ready-file"])
+        .arg(&ready)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let read_ready = |generation: u64, error: bool| -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let r = j(&text);
+                if r["generation"] == generation && r.get("reload_error").is_some() == error {
+                    return r;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no generation {generation} in {ready:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let r = read_ready(0, false);
+    let pid = r["pid"].as_u64().expect("pid");
+    assert_eq!(pid, u64::from(child.id()));
+    let hup = || {
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    };
+    v["vaults"][0]["secrets"][0]["value"] = json!("rotated");
+    std::fs::write(&scenario, v.to_string()).expect("write");
+    hup();
+    read_ready(1, false);
+    std::fs::write(&scenario, "{not json").expect("write");
+    hup();
+    let r = read_ready(1, true);
+    assert!(
+        r["reload_error"]
+            .as_str()
+            .expect("e")
+            .contains("parsing scenario"),
+        "{r}"
+    );
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reloaded") && err.contains("(generation 1)"),
+        "{err}"
+    );
+    assert!(err.contains("still serving generation 1"), "{err}");
 }

@@ -7,11 +7,15 @@
 
 mod aad;
 mod imds;
+pub mod jwt;
 mod nmi;
-mod retry;
+pub mod projected;
+mod request;
+
+pub use aad::AadCredential;
 
 use crate::error::{Error, Result};
-use crate::options::Identity;
+use crate::options::{ClientCredential, Identity, ManagedIdentity, VolumeSpec};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
@@ -20,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::OnceCell;
 
-pub use retry::{jitter, Deadline, OUTER_GRACE, RETRY_MARGIN};
+pub use crate::retry::{Deadline, OUTER_GRACE};
 
 /// An access token and when it expires.
 #[derive(Clone)]
@@ -45,50 +49,62 @@ pub enum Source {
     },
     /// IMDS.
     Imds {
-        /// User-assigned client id, or system-assigned.
-        client_id: Option<String>,
+        /// Which of the node's identities.
+        id: ManagedIdentity,
     },
-    /// AAD client credentials.
-    ClientSecret {
+    /// AAD's client-credentials grant (service principal or workload identity).
+    Aad {
         /// Authority host, e.g. `https://login.microsoftonline.com`.
         authority: String,
         /// Tenant id.
         tenant: String,
-        /// Application id.
+        /// Application (or user-assigned identity) client id.
         client_id: String,
-        /// The secret.
-        secret: Secret,
+        /// The secret, certificate or federated token.
+        credential: AadCredential,
     },
 }
 
 impl Source {
-    /// Builds the source for a validated identity.
-    pub fn for_identity(
-        identity: &Identity,
-        pod: &crate::options::Pod,
-        tenant: Option<&str>,
-        authority: &str,
-        default_nmi_port: u16,
-    ) -> Source {
-        match identity {
+    /// Builds the source for a validated volume.
+    pub fn for_volume(spec: &VolumeSpec, authority: &str, default_nmi_port: u16) -> Result<Source> {
+        let aad = |client_id: &str, credential| Source::Aad {
+            authority: authority.to_string(),
+            tenant: spec.tenant.clone().unwrap_or_default(),
+            client_id: client_id.to_string(),
+            credential,
+        };
+        Ok(match &spec.identity {
             Identity::PodIdentity { nmi_port } => Source::Nmi {
                 port: nmi_port.unwrap_or(default_nmi_port),
-                namespace: pod.namespace.clone().unwrap_or_default(),
-                pod: pod.name.clone().unwrap_or_default(),
+                namespace: spec.pod.namespace.clone().unwrap_or_default(),
+                pod: spec.pod.name.clone().unwrap_or_default(),
             },
-            Identity::NodeManagedIdentity { client_id } => Source::Imds {
-                client_id: client_id.clone(),
-            },
+            Identity::NodeManagedIdentity { id } => Source::Imds { id: id.clone() },
             Identity::ServicePrincipal {
                 client_id,
-                client_secret,
-            } => Source::ClientSecret {
-                authority: authority.to_string(),
-                tenant: tenant.unwrap_or_default().to_string(),
-                client_id: client_id.clone(),
-                secret: client_secret.clone(),
-            },
-        }
+                credential: ClientCredential::Secret(secret),
+            } => aad(client_id, AadCredential::Secret(secret.clone())),
+            Identity::ServicePrincipal {
+                client_id,
+                credential: ClientCredential::Certificate(certificate),
+            } => aad(client_id, AadCredential::Certificate(certificate.clone())),
+            Identity::WorkloadIdentity { client_id, .. } => {
+                let token = spec.token_file.clone().ok_or_else(|| {
+                    Error::new(
+                        crate::error::Code::SaToken,
+                        "workload identity needs the pod's token: kv finds it from kubelet's mount dir, or kv fetch --token-file",
+                    )
+                })?;
+                aad(
+                    client_id,
+                    AadCredential::Federated {
+                        token,
+                        subject: projected::subject_of(&spec.pod),
+                    },
+                )
+            }
+        })
     }
 }
 
@@ -110,9 +126,11 @@ impl Provider {
     /// A provider; nothing is fetched until [`Provider::token`].
     pub fn new(source: Source, http: reqwest::Client, deadline: Deadline) -> Arc<Provider> {
         let client_id = match &source {
-            Source::Imds { client_id } => client_id.clone(),
-            Source::ClientSecret { client_id, .. } => Some(client_id.clone()),
-            Source::Nmi { .. } => None,
+            Source::Imds {
+                id: ManagedIdentity::ClientId(id) | ManagedIdentity::ResourceId(id),
+            } => Some(id.clone()),
+            Source::Aad { client_id, .. } => Some(client_id.clone()),
+            Source::Imds { .. } | Source::Nmi { .. } => None,
         };
         Arc::new(Provider {
             source,
@@ -146,21 +164,19 @@ impl Provider {
                     *self.client_id.lock().unwrap_or_else(|p| p.into_inner()) = client_id;
                     token
                 }),
-            Source::Imds { client_id } => {
-                imds::fetch(&self.http, client_id.as_deref(), resource, &self.deadline).await
-            }
-            Source::ClientSecret {
+            Source::Imds { id } => imds::fetch(&self.http, id, resource, &self.deadline).await,
+            Source::Aad {
                 authority,
                 tenant,
                 client_id,
-                secret,
+                credential,
             } => {
                 aad::fetch(
                     &self.http,
                     authority,
                     tenant,
                     client_id,
-                    secret,
+                    credential,
                     resource,
                     &self.deadline,
                 )
@@ -193,7 +209,7 @@ impl Provider {
             .then_some(match self.source {
                 Source::Nmi { .. } => "NMI",
                 Source::Imds { .. } => "IMDS",
-                Source::ClientSecret { .. } => "AAD",
+                Source::Aad { .. } => "AAD",
             })
     }
 
@@ -219,13 +235,23 @@ impl Provider {
             (Source::Nmi { namespace, pod, .. }, None) => {
                 format!("pod identity of {namespace}/{pod}")
             }
-            (Source::Imds { client_id: None }, _) => {
-                "the node's system-assigned managed identity".into()
-            }
+            (
+                Source::Imds {
+                    id: ManagedIdentity::System,
+                },
+                _,
+            ) => "the node's system-assigned managed identity".into(),
             (Source::Imds { .. }, Some(id)) => format!("managed identity {id}"),
             (Source::Imds { .. }, None) => "managed identity".into(),
-            (Source::ClientSecret { .. }, Some(id)) => format!("service principal {id}"),
-            (Source::ClientSecret { .. }, None) => "service principal".into(),
+            (
+                Source::Aad {
+                    credential: AadCredential::Federated { .. },
+                    ..
+                },
+                Some(id),
+            ) => format!("workload identity {id}"),
+            (Source::Aad { .. }, Some(id)) => format!("service principal {id}"),
+            (Source::Aad { .. }, None) => "service principal".into(),
         }
     }
 
@@ -233,7 +259,7 @@ impl Provider {
         match self.source {
             Source::Nmi { .. } => "nmi",
             Source::Imds { .. } => "imds",
-            Source::ClientSecret { .. } => "aad",
+            Source::Aad { .. } => "aad",
         }
     }
 }
@@ -308,36 +334,6 @@ pub fn parse_token(body: &serde_json::Value) -> Option<Token> {
         access_token: Secret::new(access),
         expires_on,
     })
-}
-
-/// Turns an unusable error into one line without response bodies or secrets.
-pub(crate) fn network_error(what: &str, e: &reqwest::Error) -> Error {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    // A request that used up the call's remaining time is a stall: the deadline's code.
-    let code = if e.is_timeout() {
-        crate::error::Code::Timeout
-    } else {
-        crate::error::Code::Network
-    };
-    Error::new(
-        code,
-        format!(
-            "{what}: {kind}{}{cause}",
-            if cause.is_empty() { "" } else { ": " }
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! 7 s steps. `127.0.0.1`, not `localhost`: NMI rejects callers that are not literally
 //! 127.0.0.1 (an IPv6 `::1` peer gets a 500).
 
-use super::retry::{self, Attempt, Backoff, Deadline};
-use super::{network_error, parse_token, Token};
+use super::request::{self, Answer, Endpoint};
+use super::{parse_token, Token};
 use crate::error::{Code, Error, Result};
+use crate::retry::{Backoff, Deadline};
 use std::time::Duration;
 
 const BACKOFF: Backoff = Backoff {
@@ -27,67 +28,66 @@ pub async fn fetch(
     deadline: &Deadline,
 ) -> Result<(Token, Option<String>)> {
     let url = format!("http://127.0.0.1:{port}/host/token/?resource={resource}");
+    let address = format!("127.0.0.1:{port}");
+    let endpoint = Endpoint {
+        service: "NMI",
+        address: &address,
+        unreachable: Some((
+            Code::Nmi,
+            "; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?",
+        )),
+        backoff: BACKOFF,
+    };
     let who = format!("{namespace}/{pod}");
-    retry::run("NMI", deadline, BACKOFF, |timeout| {
-        let req = http
-            .get(&url)
-            .header("podns", namespace)
-            .header("podname", pod)
-            .timeout(timeout);
-        let who = who.clone();
-        async move {
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = network_error(&format!("cannot reach NMI at 127.0.0.1:{port}"), &e);
-                    // A stall stays a timeout; anything else means the service is unreachable.
-                    let code = if err.code() == Code::Timeout { Code::Timeout } else { Code::Nmi };
-                    let err = err.recode(code, "; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?");
-                    return Attempt::Retry { after: None, error: err };
-                }
-            };
-            let status = resp.status().as_u16();
-            let after = retry::retry_after(resp.headers());
-            let Some(body) = crate::http::read_bounded(resp).await else {
-                return Attempt::Done(Err(Error::new(
-                    Code::Network,
-                    "NMI answered with a body over 1 MiB",
-                )));
-            };
-            match status {
-                200 => Attempt::Done(parse(&body)),
-                // Older NMI answered 403 while the assignment was pending; newer NMI means the
-                // identity's own token request failed. Both can clear up within the deadline.
-                403 => Attempt::Retry {
-                    after: None,
-                    error: Error::new(
-                        Code::Nmi,
-                        format!(
-                            "NMI could not get a token for the identity bound to pod {who} (HTTP 403): check the AzureIdentity's clientID/resourceID and that the identity is assigned to the node (NMI and MIC logs say more)"
-                        ),
-                    ),
-                },
-                404 => Attempt::Retry {
-                    after: None,
-                    error: Error::new(
-                        Code::NmiNoIdentity,
-                        format!(
-                            "NMI has no identity for pod {who} yet (HTTP 404): check that an AzureIdentityBinding selects the pod's aadpodidbinding label and that MIC assigned it (kubectl get azureassignedidentities -A)"
-                        ),
-                    ),
-                },
-                429 | 500..=599 if !text(&body).contains("not from a host") => Attempt::Retry {
-                    after,
-                    error: Error::new(Code::Nmi, format!("NMI answered HTTP {status}: {}", text(&body))),
-                },
-                _ => Attempt::Done(Err(Error::new(
-                    Code::Nmi,
-                    format!("NMI refused the token request for pod {who} (HTTP {status}: {})", text(&body)),
-                ))),
-            }
-        }
-    })
+    request::request(
+        &endpoint,
+        deadline,
+        |timeout| {
+            http.get(&url)
+                .header("podns", namespace)
+                .header("podname", pod)
+                .timeout(timeout)
+        },
+        |status, body| classify(status, body, &who),
+    )
     .await
+}
+
+/// NMI's error bodies are free text; only the one NMI sends to a caller outside the host
+/// network changes what kv does (no retry), and none is echoed.
+fn classify(status: u16, body: &[u8], who: &str) -> Answer<(Token, Option<String>)> {
+    let not_from_host = String::from_utf8_lossy(body).contains("not from a host");
+    match status {
+        200 => Answer::Done(parse(body)),
+        // Older NMI answered 403 while the assignment was pending; newer NMI means the
+        // identity's own token request failed. Both can clear up within the deadline.
+        403 => Answer::Retry(Error::new(
+            Code::Nmi,
+            format!(
+                "NMI could not get a token for the identity bound to pod {who} (HTTP 403): check the AzureIdentity's clientID/resourceID and that the identity is assigned to the node (NMI and MIC logs say more)"
+            ),
+        )),
+        404 => Answer::Retry(Error::new(
+            Code::NmiNoIdentity,
+            format!(
+                "NMI has no identity for pod {who} yet (HTTP 404): check that an AzureIdentityBinding selects the pod's aadpodidbinding label and that MIC assigned it (kubectl get azureassignedidentities -A)"
+            ),
+        )),
+        _ if not_from_host => Answer::Done(Err(Error::new(
+            Code::Nmi,
+            format!(
+                "NMI refused the token request for pod {who} (HTTP {status}) as not coming from the host network: kv must run in the host's network namespace"
+            ),
+        ))),
+        429 | 500..=599 => Answer::Retry(Error::new(
+            Code::Nmi,
+            format!("NMI answered HTTP {status} (transient)"),
+        )),
+        _ => Answer::Done(Err(Error::new(
+            Code::Nmi,
+            format!("NMI refused the token request for pod {who} (HTTP {status}); NMI's log says why"),
+        ))),
+    }
 }
 
 fn parse(body: &[u8]) -> Result<(Token, Option<String>)> {
@@ -107,12 +107,6 @@ fn parse(body: &[u8]) -> Result<(Token, Option<String>)> {
     Ok((token, client_id))
 }
 
-/// NMI's plain-text error bodies name the pod and the problem, never a secret; one short line.
-fn text(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    crate::error::printable(s.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +122,23 @@ mod tests {
         assert_eq!(t.expires_on, 1_700_086_399);
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"clientid":"abc"}"#).is_err());
+    }
+
+    #[test]
+    fn bodies_are_not_echoed() {
+        for status in [400, 500] {
+            let answer = classify(status, b"fault injected: <hostile text>", "ns/pod");
+            let e = match answer {
+                Answer::Done(Err(e)) | Answer::Retry(e) => e,
+                Answer::Done(Ok(_)) => panic!("not a token"),
+            };
+            assert!(!e.message().contains("hostile"), "{e}");
+            assert!(e.message().contains(&format!("HTTP {status}")), "{e}");
+        }
+        let Answer::Done(Err(e)) = classify(500, b"request not from a host network pod", "ns/pod")
+        else {
+            panic!("final")
+        };
+        assert!(e.message().contains("host network"), "{e}");
     }
 }

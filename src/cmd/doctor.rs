@@ -7,7 +7,7 @@ use crate::auth::{Deadline, Provider, Source};
 use crate::cloud::Cloud;
 use crate::config::NodeConfig;
 use crate::error::Code;
-use crate::options::{Identity, VolumeSpec};
+use crate::options::{Identity, ManagedIdentity, TokenFile, VolumeSpec};
 use crate::pipeline;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +40,14 @@ pub struct DoctorArgs {
     /// NMI port to probe (default: node config, else 2579).
     #[arg(long)]
     pub nmi_port: Option<u16>,
+    /// With workload identity: the service-account token to check (default: the pod's
+    /// projected token under kubelet's root, found from kubernetes.io/pod.uid).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// kubelet's root dir, where pods' projected tokens are (default: kubelet's --root-dir,
+    /// else /var/lib/kubelet).
+    #[arg(long, value_name = "DIR")]
+    pub kubelet_root: Option<PathBuf>,
 }
 
 /// Outcome of one check.
@@ -131,6 +139,7 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
             None
         }
     };
+    let spec = spec.map(|s| workload_token(&mut r, &args, s));
     let cloud = match config.cloud(spec.as_ref().and_then(|s| s.cloud.as_deref())) {
         Ok(c) => c,
         Err(e) => {
@@ -160,6 +169,60 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
     }
     r.render()
 }
+
+/// With workload identity: where the pod's token is, and whether its claims would pass.
+fn workload_token(r: &mut Report, args: &DoctorArgs, mut spec: VolumeSpec) -> VolumeSpec {
+    let Identity::WorkloadIdentity { token, .. } = &spec.identity else {
+        return spec;
+    };
+    let file = match (&args.token_file, &spec.pod.uid) {
+        (Some(f), _) => TokenFile::File(f.clone()),
+        (None, Some(uid)) => {
+            let root = args
+                .kubelet_root
+                .clone()
+                .or_else(|| kubelet_flag("--root-dir"))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_ROOT));
+            TokenFile::Projected {
+                volumes: root.join("pods").join(uid).join("volumes"),
+                path: token.clone(),
+            }
+        }
+        (None, None) => {
+            r.add(Verdict::Fail, "sa token", "no kubernetes.io/pod.uid in the options and no --token-file: kv cannot find the pod's token");
+            return spec;
+        }
+    };
+    let result = pipeline::block_on(async {
+        let jwt = crate::auth::projected::read(&file, &Deadline::after(TOKEN_PROBE)).await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = crate::auth::projected::check(
+            &jwt,
+            crate::auth::projected::subject_of(&spec.pod).as_deref(),
+            now,
+        )?;
+        Ok((claims, now))
+    });
+    match result {
+        Ok((claims, now)) => r.add(
+            Verdict::Pass,
+            "sa token",
+            format!(
+                "{}: subject {} from issuer {}, expires in {}s (AAD needs a federated credential for exactly this issuer and subject)",
+                file.describe(),
+                crate::error::printable(&claims.subject),
+                crate::error::printable(&claims.issuer),
+                claims.expires - now
+            ),
+        ),
+        Err(e) => r.add(Verdict::Fail, "sa token", e.to_string()),
+    }
+    spec.token_file = Some(file);
+    spec
+}
+
+/// kubelet's default `--root-dir`.
+const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
 
 /// A dynamically linked kv fails where there is no loader (the distroless KCM container).
 fn check_binary(r: &mut Report) {
@@ -211,8 +274,8 @@ fn has_interpreter(elf: &[u8]) -> bool {
     })
 }
 
-/// kubelet's `--volume-plugin-dir`, read from its command line or config file.
-fn kubelet_plugin_dir() -> Option<PathBuf> {
+/// The command line of the running kubelet, if one is found.
+fn kubelet_args() -> Option<Vec<String>> {
     let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
@@ -222,29 +285,43 @@ fn kubelet_plugin_dir() -> Option<PathBuf> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        if !args.first().is_some_and(|a| a.ends_with("kubelet")) {
-            continue;
-        }
-        for (i, a) in args.iter().enumerate() {
-            if let Some(v) = a.strip_prefix("--volume-plugin-dir=") {
-                return Some(PathBuf::from(v));
-            }
-            if a == "--volume-plugin-dir" {
-                return args.get(i + 1).map(PathBuf::from);
-            }
-        }
-        let config = args
-            .iter()
-            .find_map(|a| a.strip_prefix("--config=").map(str::to_string));
-        if let Some(text) = config.and_then(|c| std::fs::read_to_string(c).ok()) {
-            for line in text.lines() {
-                if let Some(v) = line.trim().strip_prefix("volumePluginDir:") {
-                    return Some(PathBuf::from(v.trim().trim_matches('"')));
-                }
-            }
+        if args.first().is_some_and(|a| a.ends_with("kubelet")) {
+            return Some(args);
         }
     }
     None
+}
+
+/// A path flag of the running kubelet (`--volume-plugin-dir`, `--root-dir`). Only to find
+/// where kubelet looks; kv's own config is never read from a path found here.
+fn kubelet_flag(flag: &str) -> Option<PathBuf> {
+    let args = kubelet_args()?;
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            return Some(PathBuf::from(v));
+        }
+        if a == flag {
+            return args.get(i + 1).map(PathBuf::from);
+        }
+    }
+    None
+}
+
+/// kubelet's `--volume-plugin-dir`, read from its command line or config file.
+fn kubelet_plugin_dir() -> Option<PathBuf> {
+    if let Some(dir) = kubelet_flag("--volume-plugin-dir") {
+        return Some(dir);
+    }
+    let args = kubelet_args()?;
+    let config = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--config=").map(str::to_string))?;
+    let text = std::fs::read_to_string(config).ok()?;
+    text.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix("volumePluginDir:")
+            .map(|v| PathBuf::from(v.trim().trim_matches('"')))
+    })
 }
 
 fn check_install_and_config(r: &mut Report, given: Option<&Path>) -> NodeConfig {
@@ -370,11 +447,11 @@ async fn network_checks(
 
     // IMDS: which identity answers, through the same token source a mount uses.
     let client_id = match identity {
-        Some(Identity::NodeManagedIdentity { client_id }) => client_id.clone(),
-        _ => None,
+        Some(Identity::NodeManagedIdentity { id }) => id.clone(),
+        _ => ManagedIdentity::System,
     };
     let imds = Provider::new(
-        Source::Imds { client_id },
+        Source::Imds { id: client_id },
         http.clone(),
         Deadline::after(TOKEN_PROBE),
     );

@@ -12,7 +12,7 @@ use crate::options::VolumeSpec;
 use crate::pipeline;
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `kv fetch`.
 #[derive(clap::Args, Debug, Default)]
@@ -32,12 +32,30 @@ pub struct FetchArgs {
     /// Use the node's managed identity; give a client id for a user-assigned one.
     #[arg(long, value_name = "CLIENT_ID", num_args = 0..=1, default_missing_value = "")]
     pub node_identity: Option<String>,
-    /// Service principal application id (with --client-secret-file and --tenant).
+    /// Use the node's user-assigned managed identity with this resource id.
+    #[arg(long, value_name = "RESOURCE_ID", conflicts_with = "node_identity")]
+    pub node_identity_resource_id: Option<String>,
+    /// Service principal application id (with --client-secret-file or --client-certificate-file,
+    /// and --tenant), or with --workload-identity the federated identity's client id.
     #[arg(long)]
     pub client_id: Option<String>,
     /// File holding the service principal's client secret (never pass secrets on argv).
     #[arg(long, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
+    /// File holding the service principal's client certificate: PEM (certificate and key) or
+    /// PKCS#12.
+    #[arg(long, value_name = "FILE", conflicts_with = "client_secret_file")]
+    pub client_certificate_file: Option<PathBuf>,
+    /// File holding the PKCS#12 password of --client-certificate-file.
+    #[arg(long, value_name = "FILE", requires = "client_certificate_file")]
+    pub client_certificate_password_file: Option<PathBuf>,
+    /// Use workload identity: --client-id, --tenant and --token-file (a service-account token
+    /// with audience api://AzureADTokenExchange).
+    #[arg(long, requires_all = ["client_id", "token_file"])]
+    pub workload_identity: bool,
+    /// With --workload-identity: the service-account token file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// AAD tenant id.
     #[arg(long)]
     pub tenant: Option<String>,
@@ -89,7 +107,10 @@ fn fetch(args: FetchArgs) -> Result<String> {
     let config = NodeConfig::load_beside_binary()?;
     super::start_log(&config, "fetch");
     let options = options_json(&args)?;
-    let spec = VolumeSpec::parse(&options)?;
+    let mut spec = VolumeSpec::parse(&options)?;
+    if let Some(file) = &args.token_file {
+        spec.token_file = Some(crate::options::TokenFile::File(file.clone()));
+    }
     let cloud = pipeline::resolve(&spec, &config)?;
     if args.dry_run {
         return Ok(plan(&spec, &cloud, &args));
@@ -244,21 +265,69 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
             m.insert("vmmanagedidentityclientid".into(), json!(id));
         }
     }
-    if let Some(id) = &args.client_id {
-        use base64::Engine;
-        let secret_file = args.client_secret_file.as_ref().ok_or_else(|| {
-            Error::new(Code::Usage, "--client-id needs --client-secret-file FILE (secrets never go on the command line)")
-        })?;
-        let secret = zeroize::Zeroizing::new(super::input::read(secret_file)?);
-        let b64 = base64::engine::general_purpose::STANDARD;
-        m.insert(
-            "kubernetes.io/secret/clientid".into(),
-            json!(b64.encode(id)),
-        );
-        m.insert(
-            "kubernetes.io/secret/clientsecret".into(),
-            json!(b64.encode(secret.trim_end())),
-        );
+    if let Some(rid) = &args.node_identity_resource_id {
+        m.insert("usevmmanagedidentity".into(), json!("true"));
+        m.insert("vmmanagedidentityresourceid".into(), json!(rid));
+    }
+    match (&args.client_id, args.workload_identity) {
+        (Some(id), true) => {
+            m.insert("useworkloadidentity".into(), json!("true"));
+            m.insert("clientid".into(), json!(id));
+            // kubelet's keys, from the token's own subject (the operator chose the token).
+            let token =
+                super::input::read(args.token_file.as_deref().unwrap_or_else(|| Path::new("")))?;
+            let claims = crate::auth::jwt::claims(&token)?;
+            let mut parts = claims.subject.splitn(4, ':');
+            if let (Some("system"), Some("serviceaccount"), Some(ns), Some(sa)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            {
+                m.insert("kubernetes.io/pod.namespace".into(), json!(ns));
+                m.insert("kubernetes.io/serviceAccount.name".into(), json!(sa));
+            }
+            m.insert("kubernetes.io/pod.uid".into(), json!("kv-fetch"));
+        }
+        (Some(id), false) => {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            m.insert(
+                "kubernetes.io/secret/clientid".into(),
+                json!(b64.encode(id)),
+            );
+            match (&args.client_secret_file, &args.client_certificate_file) {
+                (Some(file), _) => {
+                    let secret = zeroize::Zeroizing::new(super::input::read(file)?);
+                    m.insert(
+                        "kubernetes.io/secret/clientsecret".into(),
+                        json!(b64.encode(secret.trim_end())),
+                    );
+                }
+                (None, Some(file)) => {
+                    let bytes = zeroize::Zeroizing::new(std::fs::read(file).map_err(|e| {
+                        Error::new(Code::Usage, format!("cannot read {}: {e}", file.display()))
+                    })?);
+                    let key = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                        "kubernetes.io/secret/clientcertificate"
+                    } else {
+                        "kubernetes.io/secret/clientcertificatepfx"
+                    };
+                    m.insert(key.into(), json!(b64.encode(&*bytes)));
+                    if let Some(pw) = &args.client_certificate_password_file {
+                        let pw = zeroize::Zeroizing::new(super::input::read(pw)?);
+                        m.insert(
+                            "kubernetes.io/secret/clientcertificatepassword".into(),
+                            json!(b64.encode(pw.trim_end())),
+                        );
+                    }
+                }
+                (None, None) => {
+                    return Err(Error::new(
+                        Code::Usage,
+                        "--client-id needs --client-secret-file FILE or --client-certificate-file FILE (secrets never go on the command line), or --workload-identity",
+                    ))
+                }
+            }
+        }
+        (None, _) => {}
     }
     if let Some(t) = &args.tenant {
         m.insert("tenantid".into(), json!(t));

@@ -3,7 +3,7 @@
 
 use crate::config::NodeConfig;
 use crate::error::{Code, Error, Result};
-use crate::options::VolumeSpec;
+use crate::options::{Identity, TokenFile, VolumeSpec};
 use crate::pipeline;
 use crate::reply::Reply;
 use crate::volume;
@@ -60,14 +60,18 @@ fn mount_call(args: &[OsString]) -> Result<()> {
 /// The mount pipeline at `dir`: every object in memory before the tmpfs appears there.
 fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let deadline = crate::auth::Deadline::after(config.deadline());
-    let spec = VolumeSpec::parse(json)?;
+    let mut spec = VolumeSpec::parse(json)?;
     log_context(dir, &spec);
     volume::validate_kubelet_dir(dir)?;
+    if let Identity::WorkloadIdentity { token, .. } = &spec.identity {
+        // The pod's own projected token, found from the mount dir kubelet gave.
+        spec.token_file = Some(TokenFile::for_mount(dir, &spec.pod, token)?);
+    }
     let cloud = pipeline::resolve(&spec, config)?;
 
     volume::ensure_dir(dir)?;
     let _lock = volume::lock(dir)?;
-    if volume::is_mount_point(dir)? {
+    if volume::already_mounted(dir)? {
         // kubelet normally checks this itself; a repeated call must not refetch.
         crate::log::info("already_mounted", json!({}));
         return Ok(());

@@ -16,7 +16,10 @@ mod objects;
 mod raw;
 mod values;
 
-pub use identity::Identity;
+pub use identity::{
+    ClientCredential, Identity, ManagedIdentity, TokenFile, TokenPath, DEFAULT_TOKEN_PATH,
+    TOKEN_EXCHANGE_AUDIENCE,
+};
 pub use objects::{ObjectSpec, MAX_OBJECTS, MAX_VERSION_HISTORY};
 pub use values::{
     parse_bool, parse_mode, parse_size, validate_file_name, validate_object_name,
@@ -64,6 +67,9 @@ pub struct VolumeSpec {
     pub file_permission: Option<u32>,
     /// Requested tmpfs size in bytes.
     pub tmpfs_size: Option<u64>,
+    /// Where workload identity's token is: set by the front-end (from the mount dir, or
+    /// `kv fetch --token-file`), not by options.
+    pub token_file: Option<TokenFile>,
     /// Keys kv does not know (logged as a warning; old specs carry `resourcegroup`).
     pub unknown_keys: Vec<String>,
 }
@@ -80,6 +86,10 @@ const KNOWN_KEYS: &[&str] = &[
     "usepodidentity",
     "usevmmanagedidentity",
     "vmmanagedidentityclientid",
+    "vmmanagedidentityresourceid",
+    "useworkloadidentity",
+    "clientid",
+    "workloadidentitytokenpath",
     "nmiport",
     "kubernetes.io/fstype",
     "kubernetes.io/readwrite",
@@ -91,6 +101,9 @@ const KNOWN_KEYS: &[&str] = &[
     "kubernetes.io/mounterargs.fsgroup",
     "kubernetes.io/secret/clientid",
     "kubernetes.io/secret/clientsecret",
+    "kubernetes.io/secret/clientcertificate",
+    "kubernetes.io/secret/clientcertificatepfx",
+    "kubernetes.io/secret/clientcertificatepassword",
 ];
 
 impl VolumeSpec {
@@ -146,10 +159,16 @@ impl VolumeSpec {
                 )));
             }
         }
-        if matches!(identity, Identity::ServicePrincipal { .. }) && tenant.is_none() {
-            return Err(Error::options(
-                "option `tenantid` is required with a service principal (secretRef clientid/clientsecret)",
-            ));
+        if tenant.is_none() {
+            match identity {
+                Identity::ServicePrincipal { .. } => return Err(Error::options(
+                    "option `tenantid` is required with a service principal (secretRef clientid/clientsecret)",
+                )),
+                Identity::WorkloadIdentity { .. } => return Err(Error::options(
+                    "option `tenantid` is required with useworkloadidentity: the tenant of the federated identity",
+                )),
+                _ => {}
+            }
         }
 
         let file_permission = raw
@@ -174,6 +193,7 @@ impl VolumeSpec {
             read_only,
             file_permission,
             tmpfs_size,
+            token_file: None,
             unknown_keys,
         })
     }

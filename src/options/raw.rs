@@ -63,9 +63,11 @@ impl RawOptions {
         }
     }
 
-    /// A base64 secretRef value from kubelet, decoded; trailing newlines and spaces (common in
-    /// `kubectl create secret --from-file`) are dropped.
-    pub(super) fn secret_ref(&self, name: &str) -> Result<Option<Secret>> {
+    /// A base64 secretRef value from kubelet, decoded, as bytes (a binary PKCS#12 file).
+    pub(super) fn secret_ref_bytes(
+        &self,
+        name: &str,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
         let key = format!("kubernetes.io/secret/{name}");
         let Some(b64) = self.get(&key) else {
             return Ok(None);
@@ -77,15 +79,23 @@ impl RawOptions {
                     "secretRef key `{name}` is not valid base64 (kubelet passes Secret data base64-encoded)"
                 ))
             })?;
-        let text = String::from_utf8(bytes).map_err(|_| {
+        Ok(Some(zeroize::Zeroizing::new(bytes)))
+    }
+
+    /// A secretRef value as text; trailing newlines and spaces (common in
+    /// `kubectl create secret --from-file`) are dropped.
+    pub(super) fn secret_ref(&self, name: &str) -> Result<Option<Secret>> {
+        let Some(bytes) = self.secret_ref_bytes(name)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
             Error::options(format!("secretRef key `{name}` is not valid UTF-8 text"))
         })?;
-        let trimmed = text.trim_end_matches(['\n', '\r', ' ', '\t']).to_string();
-        drop(zeroize::Zeroizing::new(text));
+        let trimmed = text.trim_end_matches(['\n', '\r', ' ', '\t']);
         if trimmed.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Secret::new(trimmed)))
+        Ok(Some(Secret::new(trimmed.to_string())))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::error::Code;
+use crate::options::{ClientCredential, ManagedIdentity, TokenPath};
 use crate::render::{Encoding, Format, ObjectKind};
 use base64::Engine;
 use serde_json::Value;
@@ -114,10 +115,10 @@ fn service_principal_from_secret_ref() {
     match spec.identity {
         Identity::ServicePrincipal {
             client_id,
-            client_secret,
+            credential: ClientCredential::Secret(secret),
         } => {
             assert_eq!(client_id, "app-id");
-            assert_eq!(client_secret.expose(), "s3cr3t");
+            assert_eq!(secret.expose(), "s3cr3t");
         }
         other => panic!("{other:?}"),
     }
@@ -244,6 +245,9 @@ fn validation_failures_name_the_option() {
         (
             "not valid base64",
             Box::new(|m| {
+                m.remove("usepodidentity");
+                m.insert("tenantid".into(), "t".into());
+                m.insert("kubernetes.io/secret/clientid".into(), b64("id").into());
                 m.insert("kubernetes.io/secret/clientsecret".into(), "%%%".into());
             }),
         ),
@@ -466,4 +470,169 @@ fn a_history_directory_cannot_also_be_a_file() {
         e.message().contains("would both write the file \"x\""),
         "{e}"
     );
+}
+
+fn wi_base(m: &mut serde_json::Map<String, Value>) {
+    m.remove("usepodidentity");
+    m.insert("useworkloadidentity".into(), "true".into());
+    m.insert(
+        "clientID".into(),
+        "00000000-0000-0000-0000-0000000000c1".into(),
+    );
+    m.insert("tenantid".into(), "t1".into());
+    m.insert("kubernetes.io/pod.uid".into(), "u1".into());
+    m.insert("kubernetes.io/serviceAccount.name".into(), "web".into());
+}
+
+#[test]
+fn workload_identity_options() {
+    let spec = parse_with(wi_base).unwrap();
+    assert_eq!(
+        spec.identity,
+        Identity::WorkloadIdentity {
+            client_id: "00000000-0000-0000-0000-0000000000c1".into(),
+            token: TokenPath {
+                volume: "azure-identity-token".into(),
+                file: "azure-identity-token".into()
+            }
+        }
+    );
+    let spec = parse_with(|m| {
+        wi_base(m);
+        m.insert("workloadidentitytokenpath".into(), "my-token/token".into());
+    })
+    .unwrap();
+    assert!(
+        matches!(&spec.identity, Identity::WorkloadIdentity { token, .. } if token.volume == "my-token" && token.file == "token")
+    );
+    for (edit, want) in [
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                wi_base(m);
+                m.remove("tenantid");
+            }) as Box<dyn Fn(&mut serde_json::Map<String, Value>)>,
+            "tenantid",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                wi_base(m);
+                m.remove("clientID");
+            }),
+            "needs `clientid`",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                m.insert("clientid".into(), "abc".into());
+            }),
+            "clientid is set but useworkloadidentity",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                wi_base(m);
+                m.insert("usevmmanagedidentity".into(), "true".into());
+            }),
+            "more than one identity",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                wi_base(m);
+                m.insert("workloadidentitytokenpath".into(), "../x/token".into());
+            }),
+            "workloadidentitytokenpath",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                wi_base(m);
+                m.remove("kubernetes.io/serviceAccount.name");
+            }),
+            "serviceAccount.name",
+        ),
+    ] {
+        let e = err_with(|m| edit(m));
+        assert!(e.message().contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn managed_identity_by_resource_id() {
+    let rid = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user";
+    let spec = parse_with(|m| {
+        m.remove("usepodidentity");
+        m.insert("usevmmanagedidentity".into(), "true".into());
+        m.insert("vmmanagedidentityresourceid".into(), rid.into());
+    })
+    .unwrap();
+    assert_eq!(
+        spec.identity,
+        Identity::NodeManagedIdentity {
+            id: ManagedIdentity::ResourceId(rid.into())
+        }
+    );
+    let e = err_with(|m| {
+        m.remove("usepodidentity");
+        m.insert("usevmmanagedidentity".into(), "true".into());
+        m.insert("vmmanagedidentityresourceid".into(), rid.into());
+        m.insert(
+            "vmmanagedidentityclientid".into(),
+            "00000000-0000-0000-0000-00000000a002".into(),
+        );
+    });
+    assert!(e.message().contains("keep one"), "{e}");
+    let e = err_with(|m| {
+        m.remove("usepodidentity");
+        m.insert("usevmmanagedidentity".into(), "true".into());
+        m.insert(
+            "vmmanagedidentityresourceid".into(),
+            "/not/a/resource".into(),
+        );
+    });
+    assert!(e.message().contains("resource id"), "{e}");
+}
+
+#[test]
+fn certificate_service_principal_from_pem_and_pfx() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/scenarios/material/");
+    let pem = std::fs::read_to_string(format!("{dir}sp-cert.pem")).unwrap();
+    let sp = |m: &mut serde_json::Map<String, Value>| {
+        m.remove("usepodidentity");
+        m.insert("tenantid".into(), "t1".into());
+        m.insert("kubernetes.io/secret/clientid".into(), b64("app").into());
+    };
+    let spec = parse_with(|m| {
+        sp(m);
+        m.insert(
+            "kubernetes.io/secret/clientcertificate".into(),
+            b64(&pem).into(),
+        );
+    })
+    .unwrap();
+    let Identity::ServicePrincipal {
+        credential: ClientCredential::Certificate(cert),
+        ..
+    } = &spec.identity
+    else {
+        panic!("{:?}", spec.identity)
+    };
+    assert!(!cert.cert_der.is_empty());
+    assert_eq!(
+        format!("{:?}", spec.identity).matches("REDACTED").count(),
+        1
+    );
+    let e = err_with(|m| {
+        sp(m);
+        m.insert(
+            "kubernetes.io/secret/clientcertificate".into(),
+            b64(&pem).into(),
+        );
+        m.insert("kubernetes.io/secret/clientsecret".into(), b64("x").into());
+    });
+    assert!(e.message().contains("more than one credential"), "{e}");
+    let e = err_with(|m| {
+        sp(m);
+        m.insert(
+            "kubernetes.io/secret/clientcertificate".into(),
+            b64("not pem").into(),
+        );
+    });
+    assert!(!e.message().contains("not pem"), "{e}");
 }

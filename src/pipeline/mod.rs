@@ -19,7 +19,6 @@ use crate::error::{Code, Error, Result};
 use crate::keyvault::{FetchedObject, Fetcher};
 use crate::options::{ObjectSpec, VolumeSpec};
 use crate::volume::{self, Layout, VolumeFile};
-use serde_json::json;
 
 /// Default mode of files when the pod has an fsGroup: owner root, readable by the group only.
 pub const MODE_WITH_FSGROUP: u32 = 0o440;
@@ -29,16 +28,12 @@ pub const MODE_WITHOUT_FSGROUP: u32 = 0o444;
 /// Step 1: the cloud of the volume, after the node policy allowed the request. No I/O.
 pub fn resolve(spec: &VolumeSpec, config: &NodeConfig) -> Result<Cloud> {
     if !spec.unknown_keys.is_empty() {
-        crate::log::warn("unknown_options", json!({"keys": spec.unknown_keys}));
+        crate::log::warn("unknown_options", crate::log::names(&spec.unknown_keys));
     }
     let cloud = config.cloud(spec.cloud.as_deref())?;
-    let uses_node_identity = matches!(
-        spec.identity,
-        crate::options::Identity::NodeManagedIdentity { .. }
-    );
     config.check_policy(
         spec.pod.namespace.as_deref(),
-        uses_node_identity,
+        &spec.identity,
         &spec.vaults(),
     )?;
     Ok(cloud)
@@ -53,7 +48,7 @@ pub fn fetch(
 ) -> Result<Vec<FetchedObject>> {
     block_on(async {
         let http = crate::http::client()?;
-        let provider = Provider::new(token_source(spec, cloud, config), http.clone(), deadline);
+        let provider = Provider::new(token_source(spec, cloud, config)?, http.clone(), deadline);
         // Start the token at once: it overlaps the vault's 401 challenge.
         let prefetch = {
             let provider = provider.clone();
@@ -69,6 +64,10 @@ pub fn fetch(
             provider,
             cloud: cloud.clone(),
             deadline,
+            limits: crate::keyvault::Limits {
+                max_bytes: config.tmpfs_max_bytes(),
+                max_files: config.max_files_per_volume(),
+            },
         };
         let result = fetcher.fetch_all(&spec.objects).await;
         prefetch.abort();
@@ -77,14 +76,8 @@ pub fn fetch(
 }
 
 /// Where the volume's tokens come from.
-pub fn token_source(spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) -> Source {
-    Source::for_identity(
-        &spec.identity,
-        &spec.pod,
-        spec.tenant.as_deref(),
-        &cloud.authority_host,
-        config.nmi_port(),
-    )
+pub fn token_source(spec: &VolumeSpec, cloud: &Cloud, config: &NodeConfig) -> Result<Source> {
+    Source::for_volume(spec, &cloud.authority_host, config.nmi_port())
 }
 
 /// Runs a future on a current-thread runtime: one kv call is one short-lived process.
@@ -142,6 +135,7 @@ pub fn layout(
         },
         gid: spec.fs_group,
         size,
+        read_only: spec.read_only,
     })
 }
 

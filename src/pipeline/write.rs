@@ -35,17 +35,16 @@ pub fn to_dir(dir: &Path, layout: &Layout, mode: Option<u32>) -> Result<Vec<u32>
                 .map_err(|e| io("create", dir, e))?;
         }
         Err(e) => return Err(io("inspect", dir, e)),
+        Ok(m) if m.file_type().is_symlink() => return Err(symlink(dir)),
         Ok(_) => {}
     }
+    // O_NOFOLLOW again at open: a link swapped in after the check is refused too (ENOTDIR).
     let root = crate::atomic::open_dir(dir).map_err(|e| {
-        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-            Error::new(
-                Code::Usage,
-                format!(
-                    "--dir {} is a symlink: give the real directory",
-                    dir.display()
-                ),
-            )
+        let errno = e.raw_os_error();
+        if errno == Some(rustix::io::Errno::LOOP.raw_os_error())
+            || errno == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+        {
+            symlink(dir)
         } else {
             io("open directory", dir, e)
         }
@@ -76,6 +75,16 @@ pub fn to_dir(dir: &Path, layout: &Layout, mode: Option<u32>) -> Result<Vec<u32>
         modes.push(file_mode);
     }
     Ok(modes)
+}
+
+fn symlink(dir: &Path) -> Error {
+    Error::new(
+        Code::Usage,
+        format!(
+            "--dir {} is a symlink or not a directory: give the real directory",
+            dir.display()
+        ),
+    )
 }
 
 /// `TMPFS_MAGIC` from `linux/magic.h`.

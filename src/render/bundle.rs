@@ -196,3 +196,59 @@ impl Bundle {
         Ok((keys, certs))
     }
 }
+
+/// A service principal's client certificate: the key that signs client assertions and the
+/// certificate AAD has registered (the one matching the key).
+pub struct ClientCertificate {
+    /// The private key, PKCS#8 DER.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCertificate(REDACTED)")
+    }
+}
+
+/// The key and certificate of PEM text (`PRIVATE KEY`/`RSA PRIVATE KEY` plus `CERTIFICATE`s,
+/// any order) or of a PKCS#12 file (`password` `None` = the empty password).
+pub(crate) fn client_certificate(
+    pem_text: Option<&str>,
+    pfx: Option<(&[u8], Option<&str>)>,
+) -> Result<ClientCertificate, Fault> {
+    let bundle = match (pem_text, pfx) {
+        (Some(text), _) => from_pem(text)?,
+        (None, Some((der, password))) => {
+            let contents = pkcs12::decode_with(der, password)?;
+            Bundle {
+                keys: contents.keys,
+                certs: contents.certs,
+            }
+        }
+        (None, None) => return Err(malformed("no certificate given")),
+    };
+    let first = bundle
+        .keys
+        .first()
+        .ok_or_else(|| malformed("the client certificate has no private key"))?;
+    let (key_pkcs8, public) = asn1::pkcs8_normalise(first)?;
+    // The certificate AAD knows is the one of this key; a chain may come with it.
+    let mut leaf = None;
+    for der in &bundle.certs {
+        let info =
+            CertInfo::parse(der).map_err(|_| malformed("a certificate is not valid X.509"))?;
+        if public.is_some() && info.public_key == public {
+            leaf = Some(der.clone());
+            break;
+        }
+    }
+    let cert_der = leaf.ok_or_else(|| {
+        malformed("no certificate matches the private key: give the certificate AAD has registered together with its key")
+    })?;
+    Ok(ClientCertificate {
+        key_pkcs8,
+        cert_der,
+    })
+}

@@ -317,6 +317,23 @@ pub fn render_key(
     Ok(vec![RenderedFile::main(bytes)])
 }
 
+pub use bundle::ClientCertificate;
+
+/// A service principal's client certificate from the secretRef: PEM text (certificate and
+/// private key) or a PKCS#12 file with an optional password. `what` names it in errors.
+pub fn client_certificate(
+    what: &str,
+    pem_text: Option<&str>,
+    pfx: Option<(&[u8], Option<&str>)>,
+) -> Result<ClientCertificate, RenderError> {
+    let len = pem_text
+        .map(str::len)
+        .or(pfx.map(|(der, _)| der.len()))
+        .unwrap_or(0);
+    check_size(len).map_err(|f| f.at(what))?;
+    bundle::client_certificate(pem_text, pfx).map_err(|f| f.at(what))
+}
+
 /// Renders a certificate (`cer`: the leaf's DER).
 pub fn render_cert(
     object: &str,

@@ -1,5 +1,5 @@
-//! PKCS#12 (PFX) decoding for certificate-backed secrets, with the empty password Key
-//! Vault uses.
+//! PKCS#12 (PFX) decoding: certificate-backed secrets (the empty password Key Vault uses)
+//! and service principals' client certificates (a password the operator gives).
 //!
 //! Supported: PKCS#12 PBE with SHA-1 and 3-key/2-key 3DES (what Key Vault writes) or
 //! RC2 (what older Windows exports and so imported PFX may hold), PBES2 with PBKDF2 and
@@ -46,8 +46,13 @@ pub(crate) struct Contents {
 /// what some Windows exports use). OpenSSL tries both; so do we.
 const EMPTY_PASSWORDS: [&[u8]; 2] = [&[0, 0], &[]];
 
-/// Decodes a PFX protected by the empty password.
+/// Decodes a PFX protected by the empty password (what Key Vault writes).
 pub(crate) fn decode(der: &[u8]) -> Result<Contents, Fault> {
+    decode_with(der, None)
+}
+
+/// Decodes a PFX protected by `password` (`None`: the empty password, either spelling).
+pub(crate) fn decode_with(der: &[u8], given_password: Option<&str>) -> Result<Contents, Fault> {
     let not_pfx = || malformed("value is not a PKCS#12 (PFX) file");
     let pfx = Pfx::from_der(der).map_err(|_| not_pfx())?;
     if pfx.version != Version::V3 {
@@ -61,20 +66,42 @@ pub(crate) fn decode(der: &[u8]) -> Result<Contents, Fault> {
     let auth_safe = octets(&pfx.auth_safe.content).ok_or_else(not_pfx)?;
     let mut budget = Budget(0);
 
-    let password = match &pfx.mac_data {
+    // PKCS#12 passwords are BMPString (UTF-16BE) with a two-byte terminator.
+    let given: Option<Zeroizing<Vec<u8>>> = given_password.map(|p| {
+        let mut bmp = Zeroizing::new(Vec::with_capacity(p.len() * 2 + 2));
+        for unit in p.encode_utf16() {
+            bmp.extend_from_slice(&unit.to_be_bytes());
+        }
+        bmp.extend_from_slice(&[0, 0]);
+        bmp
+    });
+    let candidates: Vec<&[u8]> = match &given {
+        Some(bmp) => vec![bmp.as_slice()],
+        None => EMPTY_PASSWORDS.to_vec(),
+    };
+    let password: &[u8] = match &pfx.mac_data {
         Some(mac) => {
             let mut found = None;
-            for candidate in EMPTY_PASSWORDS {
+            for candidate in candidates.iter().copied() {
                 if verify_mac(mac, candidate, &auth_safe, &mut budget)? {
                     found = Some(candidate);
                     break;
                 }
             }
             found.ok_or_else(|| {
-                malformed("PKCS#12 integrity check failed: the PFX is not protected by the empty password")
+                malformed(if given.is_some() {
+                    "PKCS#12 integrity check failed: the password does not open the PFX"
+                } else {
+                    "PKCS#12 integrity check failed: the PFX is not protected by the empty password"
+                })
             })?
         }
-        None => EMPTY_PASSWORDS[0],
+        None => candidates[0],
+    };
+    // PBES2 (RFC 8018) keys derive from the password's UTF-8 octets, PKCS#12 PBE from BMP.
+    let secret = Password {
+        bmp: password,
+        utf8: given_password.unwrap_or_default().as_bytes(),
     };
 
     let safes: Vec<cms::content_info::ContentInfo> =
@@ -94,7 +121,7 @@ pub(crate) fn decode(der: &[u8]) -> Result<Contents, Fault> {
                     &info.content_enc_alg.oid,
                     info.content_enc_alg.parameters.as_ref(),
                     data.as_bytes(),
-                    password,
+                    secret,
                     &mut budget,
                 )?,
                 None => continue,
@@ -104,14 +131,23 @@ pub(crate) fn decode(der: &[u8]) -> Result<Contents, Fault> {
                 "PKCS#12 with public-key encrypted contents is not supported",
             ));
         };
-        read_bags(&plain, password, &mut budget, &mut contents)?;
+        read_bags(&plain, secret, &mut budget, &mut contents)?;
     }
     Ok(contents)
 }
 
+/// The password in both encodings PKCS#12 files use.
+#[derive(Clone, Copy)]
+struct Password<'a> {
+    /// BMPString with terminator (PKCS#12 PBE and MAC).
+    bmp: &'a [u8],
+    /// UTF-8 octets (PBES2).
+    utf8: &'a [u8],
+}
+
 fn read_bags(
     plain: &[u8],
-    password: &[u8],
+    password: Password<'_>,
     budget: &mut Budget,
     contents: &mut Contents,
 ) -> Result<(), Fault> {
@@ -250,14 +286,14 @@ fn decrypt(
     oid: &ObjectIdentifier,
     params: Option<&Any>,
     data: &[u8],
-    password: &[u8],
+    password: Password<'_>,
     budget: &mut Budget,
 ) -> Result<Zeroizing<Vec<u8>>, Fault> {
     let bad_params = || malformed("PKCS#12 encryption parameters are not valid DER");
     let params = params.ok_or_else(bad_params)?;
-    let wrong = || malformed("PKCS#12 decryption failed (not the empty password, or corrupt)");
+    let wrong = || malformed("PKCS#12 decryption failed (wrong password, or corrupt)");
     if *oid == OID_PBES2 {
-        return pbes2(params, data, budget);
+        return pbes2(params, data, password.utf8, budget);
     }
     let pbe = pkcs12_pbe(oid).ok_or_else(|| {
         unsupported(format!(
@@ -278,13 +314,13 @@ fn decrypt(
         Pbe::Rc2 { key_len } => key_len,
     };
     let key = Zeroizing::new(derive_key::<sha1::Sha1>(
-        password,
+        password.bmp,
         salt,
         Pkcs12KeyType::EncryptionKey,
         rounds,
         key_len,
     ));
-    let iv = derive_key::<sha1::Sha1>(password, salt, Pkcs12KeyType::Iv, rounds, 8);
+    let iv = derive_key::<sha1::Sha1>(password.bmp, salt, Pkcs12KeyType::Iv, rounds, 8);
     let plain = match pbe {
         Pbe::TripleDes3 => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
             .map_err(|_| wrong())?
@@ -303,7 +339,12 @@ fn decrypt(
 }
 
 /// PBES2 (RFC 8018) with PBKDF2 only: scrypt would let the file pick our memory use.
-fn pbes2(params: &Any, data: &[u8], budget: &mut Budget) -> Result<Zeroizing<Vec<u8>>, Fault> {
+fn pbes2(
+    params: &Any,
+    data: &[u8],
+    password: &[u8],
+    budget: &mut Budget,
+) -> Result<Zeroizing<Vec<u8>>, Fault> {
     let der = params
         .to_der()
         .map_err(|_| malformed("PKCS#12 PBES2 parameters are not valid DER"))?;
@@ -321,14 +362,23 @@ fn pbes2(params: &Any, data: &[u8], budget: &mut Budget) -> Result<Zeroizing<Vec
     }
     // RFC 8018 passwords are octet strings: the empty password is no bytes at all.
     params
-        .decrypt(b"", data)
+        .decrypt(password, data)
         .map(Zeroizing::new)
-        .map_err(|_| malformed("PKCS#12 decryption failed (not the empty password, or corrupt)"))
+        .map_err(|_| malformed("PKCS#12 decryption failed (wrong password, or corrupt)"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EMPTY: Password<'static> = Password {
+        bmp: &[0, 0],
+        utf8: b"",
+    };
+    const NONE: Password<'static> = Password {
+        bmp: &[],
+        utf8: b"",
+    };
 
     fn pbe_params(iterations: i32, salt: &[u8]) -> Any {
         let params = Pkcs12PbeParams {
@@ -349,7 +399,7 @@ mod tests {
         for oid in oids {
             for data in [&[][..], &[1u8; 7][..], &[2u8; 13][..], &[3u8; 16][..]] {
                 let params = pbe_params(10, &[9; 8]);
-                let result = decrypt(&oid, Some(&params), data, &[0, 0], &mut Budget(0));
+                let result = decrypt(&oid, Some(&params), data, EMPTY, &mut Budget(0));
                 assert!(result.is_err(), "{oid} {}", data.len());
             }
             let cases = [
@@ -359,18 +409,17 @@ mod tests {
                 (pbe_params(10, &[]), "not valid DER"),
             ];
             for (params, want) in cases {
-                let err =
-                    decrypt(&oid, Some(&params), &[0; 8], &[0, 0], &mut Budget(0)).unwrap_err();
+                let err = decrypt(&oid, Some(&params), &[0; 8], EMPTY, &mut Budget(0)).unwrap_err();
                 assert!(format!("{err:?}").contains(want), "{err:?}");
             }
-            assert!(decrypt(&oid, None, &[0; 8], &[], &mut Budget(0)).is_err());
+            assert!(decrypt(&oid, None, &[0; 8], NONE, &mut Budget(0)).is_err());
         }
         let unknown = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.1");
         let err = decrypt(
             &unknown,
             Some(&pbe_params(1, &[1])),
             &[0; 8],
-            &[],
+            NONE,
             &mut Budget(0),
         )
         .unwrap_err();

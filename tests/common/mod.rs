@@ -80,8 +80,15 @@ impl Node {
         Node::with(scenario(), json!({}))
     }
 
-    /// A node with this scenario and this `kv.json` (`null` = no file).
+    /// A node with this scenario and this `kv.json` (`null` = no file); a config without a
+    /// `policy` gets one letting every pod use any node identity, as most tests need (kv
+    /// refuses node identities when no policy names them): see [`trusting`].
     pub fn with(scenario: Value, config: Value) -> Node {
+        Node::with_exact(scenario, trusting(config))
+    }
+
+    /// A node with exactly this `kv.json` (`null` = no file).
+    pub fn with_exact(scenario: Value, config: Value) -> Node {
         let ns = Namespace::start(emulator_binary().expect("emulator binary"), scenario)
             .unwrap_or_else(|e| panic!("emulator namespace: {e}"));
         let root = std::env::temp_dir().join(format!(
@@ -92,7 +99,15 @@ impl Node {
         let plugin = root.join("plugins/azure~kv");
         std::fs::create_dir_all(&plugin).unwrap();
         let kv = plugin.join("kv");
-        std::fs::copy(kv_binary(), &kv).unwrap();
+        // Copied by a child process: a write descriptor held by this (multi-threaded) test
+        // process would leak into children other tests fork meanwhile, and their exec of this
+        // binary would fail with ETXTBSY.
+        let copied = std::process::Command::new("cp")
+            .arg(kv_binary())
+            .arg(&kv)
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "cp kv: {copied}");
         if !config.is_null() {
             std::fs::write(plugin.join("kv.json"), config.to_string()).unwrap();
         }
@@ -100,8 +115,13 @@ impl Node {
         Node { ns, root, kv, log }
     }
 
-    /// Rewrites the node config.
+    /// Rewrites the node config (a config without `policy` gets [`trusting`]'s).
     pub fn set_config(&self, config: Value) {
+        self.set_config_exact(trusting(config))
+    }
+
+    /// Rewrites the node config exactly.
+    pub fn set_config_exact(&self, config: Value) {
         std::fs::write(
             self.kv.parent().unwrap().join("kv.json"),
             config.to_string(),
@@ -198,6 +218,35 @@ impl Node {
         std::fs::read(self.ns.host_path(dir.join(name))).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    /// Mounts a plain tmpfs with this source at `dir` in the namespace (not kv's volume).
+    pub fn mount_foreign_tmpfs(&self, dir: &Path, source: &str) {
+        let out = self
+            .ns
+            .command("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", source])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Key Vault requests answered 200 whose path satisfies `path`, from the request log.
+    pub fn vault_gets(&self, path: impl Fn(&str) -> bool) -> usize {
+        self.ns
+            .request_log()
+            .iter()
+            .filter(|r| {
+                r["endpoint"] == "keyvault"
+                    && r["status"] == 200
+                    && r["path"].as_str().is_some_and(&path)
+            })
+            .count()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -227,6 +276,16 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// `config` plus, when it has no `policy`, the one line that lets every namespace use every
+/// node identity (v0.0.17's behaviour, which most tests were written for).
+pub fn trusting(mut config: Value) -> Value {
+    if let Some(m) = config.as_object_mut() {
+        m.entry("policy")
+            .or_insert(json!({"nodeIdentities": {"*": ["*"]}}));
+    }
+    config
 }
 
 /// Parses kv's output as kubelet does: stdout+stderr combined must be exactly one JSON object.
@@ -337,4 +396,52 @@ pub fn other_ca(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     crt
+}
+
+/// The example scenario's workload-identity issuer (its public key is trusted there).
+pub const ISSUER: &str = "https://oidc.kv-emulator.test/cluster";
+
+pub fn material(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("emulator/scenarios/material")
+        .join(name)
+}
+
+pub fn issuer() -> kv_emulator::issuer::TestIssuer {
+    kv_emulator::issuer::TestIssuer::from_pem(
+        ISSUER,
+        &std::fs::read_to_string(material("issuer-key.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The pod's uid, from a kubelet-style mount dir `<root>/pods/<uid>/volumes/azure~kv/<name>`.
+pub fn pod_uid(dir: &Path) -> String {
+    dir.ancestors()
+        .nth(3)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string()
+}
+
+/// Writes `token` into the pod's projected volume the way kubelet's AtomicWriter does:
+/// `..<timestamp>/<file>`, `..data` → that dir, `<file>` → `..data/<file>`.
+pub fn project(dir: &Path, volume: &str, file: &str, token: &str) -> PathBuf {
+    let vol = dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("kubernetes.io~projected")
+        .join(volume);
+    let stamp = "..2026_11_30_10_00_00.123456789";
+    std::fs::create_dir_all(vol.join(stamp)).unwrap();
+    std::fs::write(vol.join(stamp).join(file), token).unwrap();
+    let _ = std::fs::remove_file(vol.join("..data"));
+    std::os::unix::fs::symlink(stamp, vol.join("..data")).unwrap();
+    let _ = std::fs::remove_file(vol.join(file));
+    std::os::unix::fs::symlink(format!("..data/{file}"), vol.join(file)).unwrap();
+    vol
 }

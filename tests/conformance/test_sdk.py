@@ -10,8 +10,10 @@ REQUESTS_CA_BUNDLE (set by netns-run). Challenge-resource verification stays on.
 """
 
 import base64
+import datetime
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,15 +24,22 @@ from azure.core.exceptions import (
 )
 from azure.identity import (
     CertificateCredential,
+    ClientAssertionCredential,
     ClientSecretCredential,
     ManagedIdentityCredential,
+    WorkloadIdentityCredential,
 )
 from azure.keyvault.certificates import CertificateClient
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
     Encoding,
+    NoEncryption,
+    PrivateFormat,
     PublicFormat,
     load_pem_private_key,
     pkcs12,
@@ -288,3 +297,110 @@ def test_certificate_not_found(certs):
     with pytest.raises(ResourceNotFoundError) as e:
         certs.get_certificate("nope")
     assert "CertificateNotFound" in str(e.value)
+
+
+# --- workload identity (federated credentials) and certificate credentials ----------------
+
+ISSUER = "https://oidc.kv-emulator.test/cluster"
+WI_APP = "00000000-0000-0000-0000-00000000a007"
+WI_MI = "00000000-0000-0000-0000-00000000a008"
+ISSUER_KEY = REPO / "emulator/scenarios/material/issuer-key.pem"
+SP_CERT_PEM = REPO / "emulator/scenarios/material/sp-cert.pem"
+
+
+def mint(*args: str) -> str:
+    """A service-account token from the emulator's test issuer (`kv-emulator mint-token`)."""
+    binary = os.environ.get("KV_EMULATOR_BIN") or str(REPO / "target/debug/kv-emulator")
+    out = subprocess.run(
+        [binary, "mint-token", "--key", str(ISSUER_KEY), "--issuer", ISSUER, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def token_file(tmp_path, *args: str) -> str:
+    f = tmp_path / "azure-identity-token"
+    f.write_text(mint(*args))
+    return str(f)
+
+
+def test_workload_identity_credential(tmp_path):
+    path = token_file(tmp_path, "--namespace", "demo", "--service-account", "workload", "--pod-name", "demo-pod", "--pod-uid", "11111111-aaaa-bbbb-cccc-000000000001")
+    cred = WorkloadIdentityCredential(tenant_id=TENANT, client_id=WI_APP, token_file_path=path)
+    tok = cred.get_token(SCOPE)
+    assert claims(tok.token)["appid"] == WI_APP
+    assert SecretClient(VAULT, cred, api_version=API).get_secret("db-password").value == "s3cr3t-P@ssw0rd"
+
+
+def test_workload_identity_user_assigned_identity(tmp_path):
+    path = token_file(tmp_path, "--namespace", "demo", "--service-account", "workload-mi")
+    cred = WorkloadIdentityCredential(tenant_id=TENANT, client_id=WI_MI, token_file_path=path)
+    assert SecretClient(VAULT, cred, api_version=API).get_secret("unicode").value == "pässwörd ✓ 密码 🔑"
+
+
+def test_workload_identity_wrong_subject(tmp_path):
+    path = token_file(tmp_path, "--namespace", "other-ns", "--service-account", "workload")
+    cred = WorkloadIdentityCredential(tenant_id=TENANT, client_id=WI_APP, token_file_path=path)
+    with pytest.raises(ClientAuthenticationError) as e:
+        cred.get_token(SCOPE)
+    assert "AADSTS700213" in str(e.value)
+    assert "system:serviceaccount:other-ns:workload" in str(e.value)
+
+
+def test_workload_identity_expired_token(tmp_path):
+    path = token_file(tmp_path, "--namespace", "demo", "--service-account", "workload", "--issued-offset", "-7200", "--ttl", "3600")
+    cred = WorkloadIdentityCredential(tenant_id=TENANT, client_id=WI_APP, token_file_path=path)
+    with pytest.raises(ClientAuthenticationError) as e:
+        cred.get_token(SCOPE)
+    assert "AADSTS700024" in str(e.value)
+
+
+def test_client_assertion_credential():
+    cred = ClientAssertionCredential(TENANT, WI_APP, lambda: mint("--namespace", "demo", "--service-account", "workload"))
+    assert claims(cred.get_token(SCOPE).token)["appid"] == WI_APP
+    assert SecretClient(VAULT, cred, api_version=API).get_secret("multiline").value == "line one\nline two\r\nline three\n"
+
+
+def test_client_assertion_wrong_audience():
+    cred = ClientAssertionCredential(
+        TENANT, WI_APP, lambda: mint("--namespace", "demo", "--service-account", "workload", "--aud", "api://not-azure")
+    )
+    with pytest.raises(ClientAuthenticationError) as e:
+        cred.get_token(SCOPE)
+    assert "AADSTS700212" in str(e.value)
+
+
+def test_certificate_credential_pfx(tmp_path):
+    pem = SP_CERT_PEM.read_bytes()
+    key = load_pem_private_key(pem, None)
+    cert = x509.load_pem_x509_certificate(pem)
+    pfx = tmp_path / "sp-cert.pfx"
+    pfx.write_bytes(pkcs12.serialize_key_and_certificates(b"sp", key, cert, None, BestAvailableEncryption(b"pfx-pass")))
+    cred = CertificateCredential(TENANT, SP_CERT, certificate_path=str(pfx), password="pfx-pass")
+    assert claims(cred.get_token(SCOPE).token)["appid"] == SP_CERT
+    assert SecretClient(VAULT, cred, api_version=API).get_secret("db-password").value == "s3cr3t-P@ssw0rd"
+
+
+def test_certificate_credential_unregistered_certificate(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "not-registered")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "other.pem"
+    path.write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()) + cert.public_bytes(Encoding.PEM)
+    )
+    with pytest.raises(ClientAuthenticationError) as e:
+        CertificateCredential(TENANT, SP_CERT, certificate_path=str(path)).get_token(SCOPE)
+    assert "AADSTS700027" in str(e.value)

@@ -1,6 +1,8 @@
-//! The call's deadline and the retry loop the token sources share.
+//! The call's deadline and the one retry loop of every HTTP exchange (token sources and Key
+//! Vault): a jittered, doubling backoff, the server's Retry-After when it gives one, a cap on
+//! attempts, and no attempt that the deadline would cut off.
 
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -65,14 +67,26 @@ pub const OUTER_GRACE: Duration = Duration::from_millis(250);
 /// What one attempt concluded.
 pub enum Attempt<T> {
     /// Finished: success or a permanent failure.
-    Done(Result<T>),
-    /// Transient failure; try again after `after` (the server's Retry-After) or the backoff.
+    Done(T),
+    /// Transient; try again after `after` (the server's Retry-After) or the backoff.
     Retry {
         /// Server-requested delay.
         after: Option<Duration>,
-        /// What to report if no attempt succeeds.
-        error: Error,
+        /// What this attempt got, returned if no later attempt is made.
+        outcome: T,
+        /// One line for the log (an error or a status; never a body).
+        why: String,
     },
+}
+
+/// How [`run`] ended.
+pub enum Ended<T> {
+    /// An attempt finished.
+    Done(T),
+    /// Attempts ran out: the last outcome.
+    OutOfAttempts(T),
+    /// The deadline left no time for (another) attempt: the last outcome, if any.
+    OutOfTime(Option<T>),
 }
 
 /// Backoff shape for one endpoint.
@@ -87,13 +101,15 @@ pub struct Backoff {
 }
 
 /// Runs `attempt` until done, the attempts run out or the deadline passes; every attempt gets
-/// the remaining time as its timeout.
+/// the remaining time as its timeout. A wait that would leave the next attempt less than
+/// [`RETRY_MARGIN`] ends the loop at once with the last outcome, so the user sees what the
+/// service answered ("throttled", "HTTP 500") rather than a bare timeout.
 pub async fn run<T, F, Fut>(
     what: &str,
     deadline: &Deadline,
     backoff: Backoff,
     mut attempt: F,
-) -> Result<T>
+) -> Ended<T>
 where
     F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Attempt<T>>,
@@ -103,36 +119,43 @@ where
     for n in 1..=backoff.max_attempts {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
-            return Err(deadline.expired(what, last));
+            return Ended::OutOfTime(last);
         }
         let outcome = match tokio::time::timeout(remaining, attempt(remaining)).await {
             Ok(outcome) => outcome,
-            Err(_) => return Err(deadline.expired(what, last)),
+            Err(_) => return Ended::OutOfTime(last),
         };
         match outcome {
             Attempt::Done(result) => {
                 if n > 1 {
                     crate::log::info("retried", serde_json::json!({"what": what, "attempts": n}));
                 }
-                return result;
+                return Ended::Done(result);
             }
-            Attempt::Retry { after, error } => {
+            Attempt::Retry {
+                after,
+                outcome,
+                why,
+            } => {
+                let wait = after.unwrap_or_else(|| jitter(delay));
                 crate::log::warn(
                     "retry",
-                    serde_json::json!({"what": what, "attempt": n, "error": error.to_string()}),
+                    serde_json::json!({"what": what, "attempt": n, "error": why, "wait_ms": wait.as_millis() as u64}),
                 );
-                let wait = after.unwrap_or_else(|| jitter(delay));
-                last = Some(error);
+                if n == backoff.max_attempts {
+                    return Ended::OutOfAttempts(outcome);
+                }
                 // Retry only if the attempt after the wait still has time to finish.
                 if wait + RETRY_MARGIN >= deadline.remaining() {
-                    return Err(deadline.expired(what, last));
+                    return Ended::OutOfTime(Some(outcome));
                 }
+                last = Some(outcome);
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(backoff.max);
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::new(Code::Internal, format!("{what}: no attempt made"))))
+    Ended::OutOfTime(last)
 }
 
 /// ±25% so that many pods retrying together spread out.
@@ -145,16 +168,65 @@ pub fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// Parses `Retry-After` seconds (Key Vault and IMDS send integers).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("x-ms-retry-after-ms")
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-    {
-        return Some(Duration::from_millis(ms));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backoff(max_attempts: u32) -> Backoff {
+        Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            max_attempts,
+        }
     }
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+
+    fn retry(n: u32) -> Attempt<u32> {
+        Attempt::Retry {
+            after: None,
+            outcome: n,
+            why: "x".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_after_the_last_attempt_with_its_outcome() {
+        let d = Deadline::after(Duration::from_secs(5));
+        let mut n = 0;
+        let ended = run("t", &d, backoff(3), |_| {
+            n += 1;
+            let k = n;
+            async move { retry(k) }
+        })
+        .await;
+        assert!(matches!(ended, Ended::OutOfAttempts(3)));
+        let ended = run("t", &d, backoff(3), |_| async { Attempt::Done(7) }).await;
+        assert!(matches!(ended, Ended::Done(7)));
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_deadline_ends_at_once() {
+        let d = Deadline::after(Duration::from_secs(2));
+        let started = Instant::now();
+        let ended = run("t", &d, backoff(5), |_| async {
+            Attempt::Retry {
+                after: Some(Duration::from_secs(3600)),
+                outcome: 1,
+                why: "429".into(),
+            }
+        })
+        .await;
+        assert!(matches!(ended, Ended::OutOfTime(Some(1))));
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_attempt_is_cut_at_the_deadline() {
+        let d = Deadline::after(Duration::from_millis(100));
+        let ended: Ended<u32> = run("t", &d, backoff(5), |_| async {
+            std::future::pending::<()>().await;
+            Attempt::Done(0)
+        })
+        .await;
+        assert!(matches!(ended, Ended::OutOfTime(None)));
+    }
 }
