@@ -27,6 +27,9 @@ POD_IDENTITY_CLIENT = "00000000-0000-0000-0000-00000000a003"
 USER_MI_CLIENT = "00000000-0000-0000-0000-00000000a002"
 SP_CLIENT = "00000000-0000-0000-0000-00000000a004"
 SP_SECRET = "emulator-sp-secret"
+WORKLOAD_CLIENT = "00000000-0000-0000-0000-00000000a007"
+WORKLOAD_MI_CLIENT = "00000000-0000-0000-0000-00000000a008"
+SA_ISSUER = "https://oidc.kv-emulator.test/cluster"
 
 
 def base_scenario():
@@ -36,8 +39,10 @@ def base_scenario():
     def walk(v):
         if isinstance(v, dict):
             for k, x in list(v.items()):
-                if k in ("pem_file", "certificate_file") and isinstance(x, str) and not x.startswith("/"):
+                if k.endswith("_file") and isinstance(x, str) and not x.startswith("/"):
                     v[k] = str(EXAMPLE.parent / x)
+                elif k.endswith("_files") and isinstance(x, list):
+                    v[k] = [y if y.startswith("/") else str(EXAMPLE.parent / y) for y in x]
                 else:
                     walk(x)
         elif isinstance(v, list):
@@ -51,6 +56,13 @@ def base_scenario():
                   "upgrade-0", "upgrade-1", "upgrade-2", "upgrade-3", "upgrade-4", "upgrade-5",
                   "many-0", "many-1", "many-2", "many-3", "many-4", "many-5")
     ] + [{"namespace": "kv-demo", "pod": "kv-demo-pod-identity", "client_id": POD_IDENTITY_CLIENT}]
+    # The cluster's service accounts (the local cluster signs their tokens as the emulator's
+    # test issuer) federated with the workload identity, as workload-identity*.yaml say.
+    doc["federated_credentials"] += [
+        {"client_id": client, "name": f"local-{sa}", "issuer": SA_ISSUER,
+         "subject": f"system:serviceaccount:kv-demo:{sa}", "audiences": ["api://AzureADTokenExchange"]}
+        for sa, client in (("kv-demo-workload", WORKLOAD_CLIENT), ("kv-demo-projected", WORKLOAD_MI_CLIENT))
+    ]
     return doc
 
 
