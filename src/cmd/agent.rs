@@ -23,6 +23,11 @@ pub struct AgentArgs {
     /// stateDir, /run/kv).
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// The node config to use (default: kv.json beside this binary). In the installer
+    /// DaemonSet: the copy `kv install` put in the plugin dir, which every mount reads too;
+    /// the agent waits (exits, and is restarted) until it exists.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     /// Volumes refreshed at the same time.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
@@ -44,7 +49,20 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Runs the agent, one pass, or the status report.
 pub fn run(args: AgentArgs) -> (String, u8) {
-    let config = match NodeConfig::load_beside_binary() {
+    let config = match &args.config {
+        Some(path) if !path.exists() => {
+            return (
+                format!(
+                    "{} does not exist yet (kv install writes it): the agent starts once it does\n",
+                    path.display()
+                ),
+                1,
+            )
+        }
+        Some(path) => NodeConfig::load(path),
+        None => NodeConfig::load_beside_binary(),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => return (format!("{e}\n"), e.code().exit_class()),
     };
