@@ -55,4 +55,8 @@ def test_a_pod_sees_the_new_value_without_a_restart(cluster):
     finally:
         cluster.set_scenario(original)
         cluster.delete_pod(name)
+    # kubelet unmounts after the pod object is gone, asynchronously.
+    end = time.time() + 90
+    while records_naming(uid) and time.time() < end:
+        time.sleep(1)
     assert not records_naming(uid), "unmount left the volume's rotation record"
