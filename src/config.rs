@@ -28,6 +28,11 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 pub const DEFAULT_NMI_PORT: u16 = 2579;
 /// Default cap on the files of one volume (versions and split files count one each).
 pub const DEFAULT_MAX_FILES_PER_VOLUME: u32 = 1000;
+/// Default node state directory (token cache, request slots, throttle records, rotation
+/// records): on `/run`, memory-backed, gone at reboot with the volumes it describes.
+pub const DEFAULT_STATE_DIR: &str = "/run/kv";
+/// Default cap on concurrent Key Vault requests per vault from all kv processes of a node.
+pub const DEFAULT_VAULT_REQUESTS_PER_NODE: u32 = 32;
 
 /// Log settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -75,11 +80,52 @@ pub struct RotationConfig {
     pub min_interval: Option<String>,
 }
 
-/// Default state directory (volume records for `kv agent`): on `/run`, memory-backed.
-pub const DEFAULT_STATE_DIR: &str = "/run/kv";
-
 /// The `kv.json` key that allows node identities, named in refusals.
 pub const NODE_IDENTITIES_KEY: &str = "policy.nodeIdentities";
+
+/// The node's minimum rotation interval unless its config sets another.
+pub const DEFAULT_MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The node's rotation settings (`rotation.*` in `kv.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// `rotation.enabled` (default true).
+    pub enabled: bool,
+    /// `rotation.defaultInterval`: rotation for volumes that do not ask for it.
+    pub default_interval: Option<Duration>,
+    /// `rotation.minInterval` (default [`DEFAULT_MIN_ROTATION_INTERVAL`]).
+    pub min_interval: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            enabled: true,
+            default_interval: None,
+            min_interval: DEFAULT_MIN_ROTATION_INTERVAL,
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// The interval of a volume whose `rotationpollinterval` is `asked` (parsed and non-zero,
+    /// [`crate::options::VolumeSpec::rotation_interval`]); `None` when the volume does not
+    /// rotate. A value below the node's minimum is raised to it.
+    pub fn interval(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
+        if !self.enabled {
+            return match asked {
+                Some(_) => Err(Error::new(
+                    crate::error::Code::Policy,
+                    "rotationpollinterval is set but this node turns rotation off (node config rotation.enabled: false): remove the option or enable rotation on the node",
+                )),
+                None => Ok(None),
+            };
+        }
+        Ok(asked
+            .or(self.default_interval)
+            .map(|d| d.max(self.min_interval)))
+    }
+}
 
 /// The whole file; absent keys take defaults, unknown keys are an error.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -103,8 +149,15 @@ pub struct NodeConfig {
     pub policy: Option<Policy>,
     /// Rotation.
     pub rotation: Option<RotationConfig>,
-    /// Where kv keeps node state (rotation records): root-only, memory-backed.
+    /// Whether kv processes share tokens through the node's token cache (default true; false
+    /// makes every mount ask its token source, e.g. to benchmark the cache).
+    pub token_cache: Option<bool>,
+    /// The node state directory (default `/run/kv`): the token cache, request slots, throttle
+    /// records and rotation records every kv process of the node shares. Root-only and
+    /// memory-backed; must be an absolute path; kv creates it 0700.
     pub state_dir: Option<PathBuf>,
+    /// Most Key Vault requests in flight to one vault from all kv processes of the node.
+    pub vault_requests_per_node: Option<u32>,
 }
 
 impl NodeConfig {
@@ -180,6 +233,20 @@ impl NodeConfig {
                 "maxFilesPerVolume must be at least 1",
             ));
         }
+        if config.vault_requests_per_node == Some(0) {
+            return Err(Error::new(
+                Code::Config,
+                "vaultRequestsPerNode must be at least 1",
+            ));
+        }
+        if config.state_dir.as_ref().is_some_and(|d| {
+            !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir)
+        }) {
+            return Err(Error::new(
+                Code::Config,
+                "stateDir must be an absolute path without `..`, e.g. /run/kv",
+            ));
+        }
         if let Some(ports) = config.policy.as_ref().and_then(|p| p.nmi_ports.as_ref()) {
             if ports.contains(&0) {
                 return Err(Error::new(
@@ -213,24 +280,17 @@ impl NodeConfig {
                 .map_err(|e| Error::new(Code::Config, format!("cloud: {}", e.message())))?;
         }
         config.try_rotation()?;
-        if config.state_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
-            return Err(Error::new(
-                Code::Config,
-                "stateDir must be an absolute path",
-            ));
-        }
         Ok(config)
     }
 
     /// The node's rotation settings, checked (see [`NodeConfig::rotation`]).
-    fn try_rotation(&self) -> Result<crate::agent::schedule::Policy> {
-        use crate::agent::schedule::{parse_duration, Policy};
-        let mut policy = Policy::default();
+    fn try_rotation(&self) -> Result<RotationPolicy> {
+        let mut policy = RotationPolicy::default();
         let Some(r) = &self.rotation else {
             return Ok(policy);
         };
         let duration = |key: &str, text: &str| {
-            let d = parse_duration(text).map_err(|e| {
+            let d = crate::duration::parse(text).map_err(|e| {
                 Error::new(Code::Config, format!("rotation.{key}: {}", e.message()))
             })?;
             if d.is_zero() {
@@ -253,7 +313,7 @@ impl NodeConfig {
 
     /// The node's rotation settings: `rotation.enabled`, `rotation.defaultInterval`,
     /// `rotation.minInterval` (checked when the file is parsed).
-    pub fn rotation(&self) -> crate::agent::schedule::Policy {
+    pub fn rotation(&self) -> RotationPolicy {
         self.try_rotation().unwrap_or_default()
     }
 
@@ -293,6 +353,22 @@ impl NodeConfig {
     pub fn max_files_per_volume(&self) -> u32 {
         self.max_files_per_volume
             .unwrap_or(DEFAULT_MAX_FILES_PER_VOLUME)
+    }
+
+    /// Whether the node token cache is used.
+    pub fn token_cache(&self) -> bool {
+        self.token_cache.unwrap_or(true)
+    }
+
+    /// The node state shared by every kv process of the node.
+    pub fn node_state(&self) -> crate::nodestate::NodeState {
+        crate::nodestate::NodeState::at(self.state_dir())
+    }
+
+    /// The cap on concurrent requests to one vault from the node.
+    pub fn vault_requests_per_node(&self) -> u32 {
+        self.vault_requests_per_node
+            .unwrap_or(DEFAULT_VAULT_REQUESTS_PER_NODE)
     }
 
     /// Log path: `KV_LOG_FILE` wins over the config, then v0.0.17's path.
@@ -449,6 +525,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn intervals_follow_the_node_policy() {
+        let s = Duration::from_secs;
+        let p = RotationPolicy::default();
+        assert_eq!(p.interval(None).unwrap(), None);
+        assert_eq!(p.interval(Some(s(120))).unwrap(), Some(s(120)));
+        assert_eq!(
+            p.interval(Some(s(5))).unwrap(),
+            Some(s(30)),
+            "raised to the minimum"
+        );
+        let defaulted = RotationPolicy {
+            default_interval: Some(s(600)),
+            min_interval: s(60),
+            ..RotationPolicy::default()
+        };
+        assert_eq!(defaulted.interval(None).unwrap(), Some(s(600)));
+        assert_eq!(defaulted.interval(Some(s(30))).unwrap(), Some(s(60)));
+        let off = RotationPolicy {
+            enabled: false,
+            default_interval: Some(s(600)),
+            ..RotationPolicy::default()
+        };
+        assert_eq!(off.interval(None).unwrap(), None);
+        let e = off.interval(Some(s(120))).unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::Policy);
+        assert!(e.message().contains("rotation.enabled"), "{e}");
+    }
+
+    #[test]
     fn empty_object_takes_defaults() {
         let c = NodeConfig::parse("{}").unwrap();
         assert_eq!(c.deadline(), DEFAULT_DEADLINE);
@@ -463,7 +568,7 @@ mod tests {
         let c = NodeConfig::parse(
             r#"{"cloud":"AzureChinaCloud","customCloud":{"authorityHost":"https://login.local","keyVaultDnsSuffix":"vault.local","keyVaultResource":"https://vault.local"},
             "nmiPort":2580,"deadlineSeconds":5,"tmpfsMaxBytes":1048576,"log":{"path":"/tmp/l","maxBytes":100},
-            "maxFilesPerVolume":50,
+            "maxFilesPerVolume":50,"tokenCache":false,"stateDir":"/run/kv-test","vaultRequestsPerNode":4,
             "policy":{"nodeIdentityNamespaces":["ops"],"nodeIdentities":{"web":["system"]},"vaultsByNamespace":{"ops":["kv1"]},"nmiPorts":[2581]}}"#,
         )
         .unwrap();
@@ -473,12 +578,15 @@ mod tests {
         assert_eq!(c.tmpfs_max_bytes(), 1 << 20);
         assert_eq!(c.log_path(None), PathBuf::from("/tmp/l"));
         assert_eq!(c.log_max_bytes(), 100);
+        assert!(!c.token_cache());
+        assert_eq!(c.node_state().root(), Path::new("/run/kv-test"));
+        assert_eq!(c.vault_requests_per_node(), 4);
     }
 
     #[test]
     fn rotation_and_state_dir() {
         let c = NodeConfig::parse("{}").unwrap();
-        assert_eq!(c.rotation(), crate::agent::schedule::Policy::default());
+        assert_eq!(c.rotation(), RotationPolicy::default());
         assert_eq!(c.state_dir(), PathBuf::from("/run/kv"));
         let c = NodeConfig::parse(
             r#"{"rotation":{"enabled":true,"defaultInterval":"5m","minInterval":"1s"},"stateDir":"/run/kv2"}"#,
@@ -524,6 +632,9 @@ mod tests {
             r#"{"customCloud":{"authorityHost":"http://x","keyVaultDnsSuffix":"v","keyVaultResource":"https://v"}}"#,
             "{",
             r#"{"policy":{"nodeIdentityNamespace":["a"]}}"#,
+            r#"{"stateDir":"run/kv"}"#,
+            r#"{"stateDir":"/run/../tmp"}"#,
+            r#"{"vaultRequestsPerNode":0}"#,
         ] {
             let e = NodeConfig::parse(bad).unwrap_err();
             assert_eq!(e.code(), Code::Config, "{bad}");

@@ -5,8 +5,10 @@
 //! (no scan of /etc/ssl/certs). No proxy: IMDS and NMI must be reached directly.
 
 use crate::error::{Code, Error, Result};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Bundle files of the common distributions, in order.
 const BUNDLES: &[&str] = &[
@@ -87,15 +89,101 @@ impl BodyCap {
     }
 }
 
-/// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`].
+/// Requests in flight at once to a host that answers over HTTP/1.1 only. Over HTTP/2 every
+/// request of a mount shares one connection; over HTTP/1.1 each request in flight is a
+/// connection (and a TLS handshake) of its own, so 50 objects would open 50 — the common case
+/// behind a TLS-inspecting proxy that does not speak HTTP/2.
+pub const HTTP1_REQUESTS_PER_HOST: usize = 8;
+
+/// The hosts this process has seen answer over HTTP/1.1, each with its permits (one process is
+/// one mount, so process-wide is per mount).
+fn http1_hosts() -> &'static Mutex<HashMap<String, Arc<Semaphore>>> {
+    static HOSTS: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
+    HOSTS.get_or_init(Default::default)
+}
+
+/// The permits of `host` if it is known to speak only HTTP/1.1.
+fn http1_permits(host: &str) -> Option<Arc<Semaphore>> {
+    let hosts = http1_hosts().lock().unwrap_or_else(|p| p.into_inner());
+    hosts.get(host).cloned()
+}
+
+/// Remembers that `host` answered over HTTP/1.x: from now on its requests take permits.
+fn learned_http1(host: &str) {
+    let mut hosts = http1_hosts().lock().unwrap_or_else(|p| p.into_inner());
+    hosts
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(HTTP1_REQUESTS_PER_HOST)));
+}
+
+/// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`], and
+/// at most [`HTTP1_REQUESTS_PER_HOST`] requests in flight to a host that speaks only HTTP/1.1.
 #[derive(Debug, Clone)]
 pub struct BoundedTransport {
     /// The call's client.
     pub client: reqwest::Client,
     /// Raised after the first exchange through this transport, whatever its outcome: by then the
-    /// connection to the host exists and is known to speak HTTP/2, so requests waiting on it
-    /// share that connection instead of each opening (and TLS-handshaking) their own.
+    /// connection to the host exists and its protocol is known (HTTP/2: the requests waiting on
+    /// it share that connection instead of each opening, and TLS-handshaking, their own;
+    /// HTTP/1.1: they take the host's permits).
     pub first_exchange: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl BoundedTransport {
+    /// Sends through reqwest and tells which HTTP version answered (what azure_core's own
+    /// reqwest adapter does not); a streamed body (never sent by kv's Key Vault GETs) goes
+    /// through that adapter, its version unknown.
+    async fn send(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<(azure_core::http::AsyncRawResponse, Option<reqwest::Version>)> {
+        use azure_core::error::ErrorKind;
+        use azure_core::http::headers::{HeaderName, HeaderValue, Headers};
+        use futures::TryStreamExt;
+        let azure_core::http::Body::Bytes(body) = request.body() else {
+            return azure_core::http::HttpClient::execute_request(&self.client, request)
+                .await
+                .map(|r| (r, None));
+        };
+        let method = reqwest::Method::from_bytes(request.method().as_ref().as_bytes())
+            .map_err(|e| azure_core::Error::new(ErrorKind::Other, e))?;
+        let mut req = self.client.request(method, request.url().clone());
+        for (name, value) in request.headers().iter() {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let response = req.body(body.clone()).send().await.map_err(|e| {
+            let kind = if e.is_connect() {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Io
+            };
+            azure_core::Error::new(kind, e)
+        })?;
+        let version = response.version();
+        let headers: HashMap<HeaderName, HeaderValue> = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                let value = v.to_str().ok()?;
+                Some((
+                    HeaderName::from(k.as_str().to_owned()),
+                    HeaderValue::from(value.to_owned()),
+                ))
+            })
+            .collect();
+        let status = response.status().as_u16();
+        let body = response
+            .bytes_stream()
+            .map_err(|e| azure_core::Error::new(ErrorKind::Io, e));
+        Ok((
+            azure_core::http::AsyncRawResponse::new(
+                status.into(),
+                Headers::from(headers),
+                Box::pin(body),
+            ),
+            Some(version),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -105,14 +193,31 @@ impl azure_core::http::HttpClient for BoundedTransport {
         request: &azure_core::http::Request,
     ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
         use futures::StreamExt;
-        let response = self.client.execute_request(request).await;
+        let host = request
+            .url()
+            .host_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        // Held until the body is read or dropped: the connection is busy until then.
+        let permit = match http1_permits(&host) {
+            Some(permits) => permits.acquire_owned().await.ok(),
+            None => None,
+        };
+        let response = self.send(request).await;
+        if let Ok((_, Some(version))) = &response {
+            if *version < reqwest::Version::HTTP_2 {
+                // Before the gate opens, so the requests waiting on it take permits.
+                learned_http1(&host);
+            }
+        }
         if let Some(done) = &self.first_exchange {
             done.send_replace(true);
         }
-        let response = response?;
+        let (response, _) = response?;
         let (status, headers, body) = response.deconstruct();
         let mut cap = BodyCap::default();
         let bounded = body.map(move |chunk| {
+            let _busy = &permit;
             let chunk = chunk?;
             if !cap.admit(chunk.len()) {
                 return Err(azure_core::Error::with_message(
@@ -175,6 +280,84 @@ pub fn retry_after_sdk(headers: &azure_core::http::headers::Headers) -> Option<D
     })
 }
 
+/// Waits while `host` is in a throttle window another kv process of the node recorded (a 429
+/// with Retry-After), so the node stops adding to the storm. A window that outlasts the
+/// deadline is the call's answer at once: `KV429_THROTTLED`, naming the host.
+pub async fn wait_for_host(
+    node: &crate::nodestate::NodeState,
+    host: &str,
+    deadline: &crate::retry::Deadline,
+) -> Result<()> {
+    let Ok(throttle) = node.throttle() else {
+        // Without readable node state every process is on its own, as before.
+        return Ok(());
+    };
+    // Another process may extend the window while this one waits: look again after each wait.
+    while let Some(wait) = throttle.wait_time(host) {
+        if wait >= deadline.remaining() {
+            return Err(Error::new(
+                Code::Throttled,
+                format!(
+                    "{host} asked this node to wait {}ms (HTTP 429 Retry-After), past this call's deadline; spread pod starts or raise the service's limits",
+                    wait.as_millis()
+                ),
+            ));
+        }
+        crate::log::info(
+            "throttle_wait",
+            serde_json::json!({"host": host, "ms": wait.as_millis() as u64}),
+        );
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
+/// Records a 429's Retry-After for `host` node-wide (only a 429 that says how long: without
+/// one each process's own backoff applies).
+pub fn note_throttle(
+    node: &crate::nodestate::NodeState,
+    host: &str,
+    status: u16,
+    after: Option<Duration>,
+) {
+    let (429, Some(after)) = (status, after) else {
+        return;
+    };
+    if let Err(e) = node.throttle().and_then(|t| t.record(host, after)) {
+        crate::log::warn(
+            "throttle_record",
+            serde_json::json!({"host": host, "error": e.to_string()}),
+        );
+    } else {
+        crate::log::info(
+            "throttled",
+            serde_json::json!({"host": host, "retry_after_ms": after.as_millis() as u64}),
+        );
+    }
+}
+
+/// Takes one of the node's `n` request slots named `name`, within the deadline. A node state
+/// that cannot be used (not a 0700 directory kv owns) is logged and skipped: the slots protect
+/// the service, and a mount must not fail because /run is odd.
+pub async fn node_slot(
+    node: &crate::nodestate::NodeState,
+    name: &str,
+    n: usize,
+    deadline: &crate::retry::Deadline,
+) -> Result<Option<crate::nodestate::SlotGuard>> {
+    match node.acquire_async(name, n, deadline.instant()).await {
+        Ok(guard) => Ok(Some(guard)),
+        Err(e) if e.code() == Code::Timeout => Err(e),
+        Err(e) => {
+            crate::log::warn(
+                "node_slot",
+                serde_json::json!({"slot": name, "error": e.to_string()}),
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The innermost cause of an error (a refused connection, a TLS verdict): the outer layers
 /// only say "error sending request". [`crate::error::Error::new`] flattens it to one line.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -230,6 +413,83 @@ mod tests {
         assert!(cap.admit(MAX_BODY_BYTES - 1));
         assert!(cap.admit(1));
         assert!(!cap.admit(1));
+    }
+
+    /// A plain HTTP/1.1 server (keep-alive, 20 ms per answer) counting its open connections;
+    /// returns its address and the most connections open at once.
+    fn http1_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let peak = most.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (open, most) = (open.clone(), most.clone());
+                std::thread::spawn(move || {
+                    most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut writer = conn;
+                    'requests: loop {
+                        loop {
+                            let mut line = String::new();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => break 'requests,
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => {}
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, peak)
+    }
+
+    #[tokio::test]
+    async fn an_http1_host_gets_a_bounded_number_of_connections() {
+        let (addr, peak) = http1_server();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let transport = BoundedTransport {
+            client: reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .no_proxy()
+                .build()
+                .unwrap(),
+            first_exchange: None,
+        };
+        let get = |transport: BoundedTransport| async move {
+            let url = azure_core::http::Url::parse(&format!("http://{addr}/x")).unwrap();
+            let request = azure_core::http::Request::new(url, azure_core::http::Method::Get);
+            let response =
+                azure_core::http::HttpClient::execute_request(&transport, &request).await;
+            let (status, _, body) = response.unwrap().deconstruct();
+            let bytes = body.collect().await.unwrap();
+            (u16::from(status), bytes.len())
+        };
+        // The first exchange tells the protocol; then a burst as a 50-object mount makes.
+        assert_eq!(get(transport.clone()).await.0, 200);
+        let answers = futures::future::join_all((0..50).map(|_| get(transport.clone()))).await;
+        assert!(answers.iter().all(|a| a.0 == 200), "{answers:?}");
+        let most = peak.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (2..=HTTP1_REQUESTS_PER_HOST).contains(&most),
+            "{most} connections open at once"
+        );
     }
 
     #[test]

@@ -145,14 +145,7 @@ fn install(args: &InstallArgs) -> Result<Vec<String>, String> {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                 .map_err(|e| io_error("cannot chmod", &dir, &e, target))?;
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            if !dir.is_dir() {
-                return Err(format!(
-                    "{} exists and is not a directory; remove it so kv can be installed",
-                    dir.display()
-                ));
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_driver_dir(&dir)?,
         Err(e) => return Err(io_error("cannot create", &dir, &e, target)),
     }
     remove_stale_temp_files(&dir);
@@ -216,6 +209,35 @@ fn sync_config(source: &Path, dir: &Path) -> Result<Option<String>, String> {
     } else {
         Ok(None)
     }
+}
+
+/// kubelet runs whatever is in the driver dir as root: a dir someone else owns or can write,
+/// or a symlink to such a place, would let them choose what runs. The DaemonSet mounts only
+/// this dir, which kubelet creates root-owned 0755.
+fn check_driver_dir(dir: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot access driver dir {}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "driver dir {} is a symlink; kubelet runs its contents as root, so replace it with a real directory (root-owned, mode 0755)",
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} exists and is not a directory; remove it so kv can be installed",
+            dir.display()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.uid() != 0 || mode != 0o755 {
+        return Err(format!(
+            "driver dir {} is owned by uid {} with mode {mode:04o}; kubelet runs its contents as root, so it must be root-owned 0755 (chown 0:0 and chmod 0755 it)",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn check_target(target: &Path) -> Result<(), String> {

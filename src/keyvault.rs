@@ -70,9 +70,18 @@ impl Policy for PrefetchedBearer {
 /// 500, 502, 504, connection resets) through the one retry loop ([`crate::retry::run`]), never
 /// 400/401/403/404. When the next wait would pass the deadline it returns the last answer at
 /// once, so the user sees "throttled" or "HTTP 500" instead of a bare timeout.
+///
+/// On a node, each attempt first waits out the vault's node-wide throttle window (another kv
+/// process's 429 with Retry-After), then takes one of the node's request slots for that vault,
+/// and records its own 429s for the others.
 #[derive(Debug)]
 struct DeadlineRetry {
     deadline: crate::retry::Deadline,
+    /// The node state and the per-vault request slots.
+    node: Option<(crate::nodestate::NodeState, usize)>,
+    /// One of this client's requests at a time polls the node's slots: a burst of N mounts of
+    /// M objects then polls with N pollers, not N × M (each poll opens every slot file).
+    polling: tokio::sync::Mutex<()>,
 }
 
 const KEYVAULT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
@@ -95,10 +104,34 @@ impl Policy for DeadlineRetry {
         let what = format!("Key Vault {}", request.url().path());
         // Each attempt sends a fresh copy: what later policies add (authorization) is per try.
         let original: &Request = request;
+        let host = original
+            .url()
+            .host_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let host = host.as_str();
         let ended = crate::retry::run(&what, &self.deadline, KEYVAULT_BACKOFF, |_| {
             let mut request = original.clone();
             async move {
+                let _slot = match &self.node {
+                    Some((node, slots)) => match self.take_turn(node, *slots, host).await {
+                        Ok(slot) => slot,
+                        // Carried whole, so the caller reports its own code (throttled, timeout).
+                        Err(e) => {
+                            return Attempt::Done(Err(azure_core::Error::new(ErrorKind::Other, e)))
+                        }
+                    },
+                    None => None,
+                };
                 let result = next[0].send(ctx, &mut request, &next[1..]).await;
+                if let (Some((node, _)), Ok(resp)) = (&self.node, &result) {
+                    crate::http::note_throttle(
+                        node,
+                        host,
+                        u16::from(resp.status()),
+                        crate::http::retry_after_sdk(resp.headers()),
+                    );
+                }
                 let (retry, after, why) = match &result {
                     Ok(resp) => {
                         let status = u16::from(resp.status());
@@ -140,6 +173,25 @@ impl Policy for DeadlineRetry {
             // later) reports the stall with its cause (a pending token, or Key Vault itself).
             Ended::OutOfTime(None) => std::future::pending().await,
         }
+    }
+}
+
+impl DeadlineRetry {
+    /// Waits for the vault's node-wide throttle window to pass, then takes a request slot.
+    async fn take_turn(
+        &self,
+        node: &crate::nodestate::NodeState,
+        slots: usize,
+        host: &str,
+    ) -> Result<Option<crate::nodestate::SlotGuard>> {
+        crate::http::wait_for_host(node, host, &self.deadline).await?;
+        let slot = {
+            let _polling = self.polling.lock().await;
+            crate::http::node_slot(node, &format!("vault-{host}"), slots, &self.deadline).await?
+        };
+        // A 429 may have opened a window while this request queued for its slot.
+        crate::http::wait_for_host(node, host, &self.deadline).await?;
+        Ok(slot)
     }
 }
 
@@ -302,6 +354,11 @@ impl Fetcher {
         };
         options.per_call_policies.push(Arc::new(DeadlineRetry {
             deadline: self.deadline,
+            node: self
+                .provider
+                .node()
+                .map(|n| (n.state.clone(), n.vault_requests)),
+            polling: tokio::sync::Mutex::new(()),
         }));
         if prefetched {
             options.per_try_policies.push(Arc::new(PrefetchedBearer {
@@ -644,6 +701,10 @@ impl Fetcher {
     /// Turns an SDK error into a catalogue error naming identity, vault, object and version.
     fn map_sdk_error(&self, o: &ObjectSpec, version: Option<&str>, e: azure_core::Error) -> Error {
         use azure_core::error::ErrorKind;
+        // kv's own error from a policy (a node-wide throttle window past the deadline).
+        if let Some(own) = e.downcast_ref::<Error>() {
+            return own.clone();
+        }
         let what = format!(
             "{} `{}`{} in vault {}",
             kind_name(o.kind),
@@ -678,6 +739,9 @@ impl Fetcher {
                     "keyvault_error",
                     serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": answer.code, "innererror": answer.inner, "request_id": request_id}),
                 );
+                if status == 401 {
+                    self.provider.distrust_token();
+                }
                 answer.classify(&what, &self.provider.identity_name(), o.kind)
             }
             ErrorKind::Io | ErrorKind::Connection => {

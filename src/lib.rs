@@ -22,18 +22,22 @@ pub mod auth;
 pub mod cloud;
 pub mod cmd;
 pub mod config;
+pub mod duration;
 pub mod env;
 pub mod error;
 pub mod http;
 pub mod install;
 pub mod keyvault;
 pub mod log;
+pub mod nodestate;
 pub mod options;
 pub mod pipeline;
 pub mod render;
 pub mod reply;
 pub mod retry;
 pub mod secret;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod volume;
 
 /// `kv <version> (<git revision>)`, for `kv --version`, `kv install` and `kv doctor`.

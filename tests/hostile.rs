@@ -12,18 +12,21 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Every path under `root` (no symlinks followed), except the kv log.
+/// Every path under `root` (no symlinks followed), except the kv log and the node state
+/// (`<root>/state`: the token cache and request slots outlive every mount by design).
 fn tree(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
+    let state = root.join("state");
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("kv-driver.log"))
+            if p == state
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("kv-driver.log"))
             {
                 continue;
             }

@@ -344,6 +344,66 @@ fn missing_and_non_directory_targets_are_clear_errors() {
     assert!(r.stdout.contains("--target-dir"), "{}", r.stdout);
 }
 
+/// kubelet runs what is in azure~kv as root: a driver dir that is a symlink, not root's, or
+/// writable by others is refused, and nothing is written into it or through it.
+#[test]
+fn driver_dir_that_is_a_symlink_or_not_root_0755_is_refused() {
+    let tmp = Tmp::new();
+    let kv = kv_copy(&tmp, "image", b"");
+
+    // A symlink to an elsewhere dir that would otherwise pass every check.
+    let target = plugin(&tmp);
+    let elsewhere = tmp.0.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, target.join("azure~kv")).unwrap();
+    let r = install(&kv, &["--target-dir", s(&target)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    assert!(r.stdout.contains("is a symlink"), "{}", r.stdout);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+    // Group- or world-writable, or another mode than 0755.
+    for mode in [0o775, 0o777, 0o700] {
+        let target = plugin(&tmp);
+        let dir = target.join("azure~kv");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = install(&kv, &["--target-dir", s(&target)]);
+        assert_eq!(r.code, 1, "mode {mode:o}: {}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("mode {mode:04o}")),
+            "{}",
+            r.stdout
+        );
+        assert!(r.stdout.contains("root-owned 0755"), "{}", r.stdout);
+        assert!(!dir.join("kv").exists());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    // Not root's.
+    let target = plugin(&tmp);
+    let dir = target.join("azure~kv");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(1000), Some(0)).unwrap();
+    let r = install(&kv, &["--target-dir", s(&target)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("owned by uid 1000"), "{}", r.stdout);
+    assert!(!dir.join("kv").exists());
+
+    // Root-owned 0755, made beforehand (as kubelet's hostPath DirectoryOrCreate does): fine.
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    let r = install(&kv, &["--target-dir", s(&target)]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(
+        std::fs::metadata(dir.join("kv")).unwrap().mode() & 0o7777,
+        0o755
+    );
+}
+
 /// Runs `kv install --target-dir <dir>` in a private mount namespace where `<dir>` is read-only
 /// (nothing leaks into the host's mounts).
 fn install_on_read_only(kv: &Path, dir: &Path, setup: &str) -> Run {

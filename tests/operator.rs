@@ -463,29 +463,25 @@ fn doctor_reads_the_node_config_only_from_roots_places() {
     let planted = node.root.join("planted");
     std::fs::create_dir_all(planted.join("azure~kv")).unwrap();
     std::fs::write(planted.join("azure~kv/kv.json"), r#"{"planted": true}"#).unwrap();
-    let mut fake = std::process::Command::new("bash")
-        .args([
-            "-c",
-            &format!(
-                "exec -a {}/kubelet sh -c 'sleep 60; true' --volume-plugin-dir={}",
-                node.root.display(),
-                planted.display()
-            ),
-        ])
-        .spawn()
+    // In a PID namespace of its own, with its own /proc: the only kubelet doctor can see is
+    // this fake one, whatever else runs on the machine.
+    let script = format!(
+        "(exec -a {root}/kubelet sh -c 'sleep 30; true' --volume-plugin-dir={planted}) & \
+         while ! grep -qs volume-plugin-dir /proc/[0-9]*/cmdline; do sleep 0.02; done; \
+         KV_LOG_FILE={log} {kv} doctor; kill %1",
+        root = node.root.display(),
+        planted = planted.display(),
+        log = node.log.display(),
+        kv = node.kv.display(),
+    );
+    let out = node
+        .ns
+        .command("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
         .unwrap();
-    // Until the fake kubelet has exec'd, its command line is bash's.
-    let pid = fake.id();
-    for _ in 0..100 {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("--volume-plugin-dir") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let (out, _, _) = run(&node, &["doctor"]);
-    let _ = fake.kill();
-    let _ = fake.wait();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
     // The install check may look where kubelet looks; the config is the one beside kv.
     assert!(line(&out, "install").contains("planted"), "{out}");
     let config = line(&out, "config");

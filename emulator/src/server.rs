@@ -198,18 +198,29 @@ impl Drop for Emulator {
     }
 }
 
-/// Refuse to serve the real Azure addresses unless this network namespace has no interface
-/// but loopback (as in the namespaces `netns` / `scripts/netns-run` create): nothing served
-/// here can be reached from, or shadow anything on, a real network.
+/// Refuse to serve the real Azure addresses unless nothing served here can be reached from,
+/// or shadow anything on, a real network: every interface of this network namespace is
+/// loopback (as in the namespaces `netns` / `scripts/netns-run` create) or a bridge or veth
+/// (the pod network of `scripts/local-cluster`, whose other ends are pods' namespaces), and
+/// no route goes through a gateway or is a default route, so nothing leaves the namespace.
 fn ensure_private_netns() -> Result<(), String> {
     let dev = std::fs::read_to_string("/proc/self/net/dev")
         .map_err(|e| format!("reading /proc/self/net/dev: {e}"))?;
-    let others: Vec<&str> = dev
+    let names: Vec<&str> = dev
         .lines()
         .skip(2)
         .filter_map(|l| l.split(':').next())
         .map(str::trim)
         .filter(|n| *n != "lo")
+        .collect();
+    let kinds = if names.is_empty() {
+        String::new()
+    } else {
+        link_kinds()?
+    };
+    let others: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !is_pod_network_link(&kinds, n))
         .collect();
     if !others.is_empty() {
         return Err(format!(
@@ -217,7 +228,56 @@ fn ensure_private_netns() -> Result<(), String> {
              run inside a private netns (scripts/netns-run, kv_emulator::netns) or use --bind-local"
         ));
     }
+    let v4 = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/self/net/ipv6_route").unwrap_or_default();
+    if let Some(route) = leaving_route(&v4, &v6) {
+        return Err(format!(
+            "refusing to serve the real Azure addresses in a network namespace with a route out ({route}); \
+             run inside a private netns (scripts/netns-run, kv_emulator::netns) or use --bind-local"
+        ));
+    }
     Ok(())
+}
+
+/// `ip -d -j link show`: each link's kind (netlink's IFLA_INFO_KIND), which /proc does not give.
+fn link_kinds() -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show"])
+        .output()
+        .map_err(|e| format!("running `ip -d -j link show`: {e}"))?;
+    if !out.status.success() {
+        return Err("`ip -d -j link show` failed".into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `name` is a bridge or a veth according to `ip -d -j link show` output.
+fn is_pod_network_link(kinds_json: &str, name: &str) -> bool {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str(kinds_json) else {
+        return false;
+    };
+    links.iter().any(|l| {
+        l["ifname"] == name
+            && matches!(l["linkinfo"]["info_kind"].as_str(), Some("bridge" | "veth"))
+    })
+}
+
+/// A default route or a route via a gateway, from /proc/net/route and /proc/net/ipv6_route.
+fn leaving_route(v4: &str, v6: &str) -> Option<String> {
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 8 && (f[1] == "00000000" || f[2] != "00000000") {
+            return Some(format!("IPv4 route on {}", f[0]));
+        }
+    }
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // dest, dest prefix len, src, src prefix len, next hop, metric, refcnt, use, flags, dev
+        if f.len() >= 10 && f[9] != "lo" && (f[1] == "00" || f[4].chars().any(|c| c != '0')) {
+            return Some(format!("IPv6 route on {}", f[9]));
+        }
+    }
+    None
 }
 
 /// One generation of the scenario and what it built, plus the state shared by all generations.
@@ -769,4 +829,43 @@ fn tls_config(
     .map_err(|e| format!("TLS config: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(cfg), ca_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_pod_network_link, leaving_route};
+
+    #[test]
+    fn only_bridges_and_veths_count_as_the_pod_network() {
+        let links = r#"[{"ifname":"lo"},{"ifname":"kvbr0","linkinfo":{"info_kind":"bridge"}},
+            {"ifname":"veth1","linkinfo":{"info_kind":"veth"}},{"ifname":"eth0"},
+            {"ifname":"mv0","linkinfo":{"info_kind":"macvlan"}}]"#;
+        assert!(is_pod_network_link(links, "kvbr0"));
+        assert!(is_pod_network_link(links, "veth1"));
+        assert!(!is_pod_network_link(links, "eth0"));
+        assert!(!is_pod_network_link(links, "mv0"));
+        assert!(!is_pod_network_link(links, "missing"));
+        assert!(!is_pod_network_link("not json", "kvbr0"));
+    }
+
+    #[test]
+    fn default_and_gateway_routes_leave_the_namespace() {
+        let head =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let bridge = "kvbr0\t0000F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(leaving_route(&format!("{head}{bridge}"), ""), None);
+        let default = "eth0\t00000000\t0100F40A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert!(leaving_route(&format!("{head}{bridge}{default}"), "").is_some());
+        let via = "kvbr0\t0000000A\t0200F40A\t0003\t0\t0\t0\t000000FF\t0\t0\t0\n";
+        assert!(leaving_route(&format!("{head}{via}"), "").is_some());
+
+        let link_local = "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001    kvbr0\n";
+        let lo_unreachable = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        assert_eq!(
+            leaving_route("", &format!("{link_local}{lo_unreachable}")),
+            None
+        );
+        let v6_default = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
+        assert!(leaving_route("", v6_default).is_some());
+    }
 }

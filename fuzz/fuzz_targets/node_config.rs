@@ -9,11 +9,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = c.tmpfs_max_bytes();
         let _ = c.log_path(None);
         let _ = c.max_files_per_volume();
-        use keyvault_flexvolume::options::Identity;
+        use keyvault_flexvolume::options::{Identity, ManagedIdentity, TokenPath};
         for identity in [
-            Identity::NodeManagedIdentity { client_id: None },
-            Identity::NodeManagedIdentity { client_id: Some("abc".into()) },
+            Identity::NodeManagedIdentity { id: ManagedIdentity::System },
+            Identity::NodeManagedIdentity { id: ManagedIdentity::ClientId("abc".into()) },
+            Identity::NodeManagedIdentity { id: ManagedIdentity::ResourceId("/subscriptions/s".into()) },
             Identity::PodIdentity { nmi_port: Some(2580) },
+            Identity::WorkloadIdentity {
+                client_id: "abc".into(),
+                token: TokenPath { volume: "v".into(), file: "f".into() },
+            },
         ] {
             let _ = c.check_policy(Some("ns"), &identity, &["kvdemo"]);
         }

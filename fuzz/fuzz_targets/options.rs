@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(e) => {
-            assert!(!e.message.contains('\n'));
+            assert!(!e.message().contains('\n'));
             assert!(e.to_string().starts_with("KV_"));
         }
     }

@@ -4,15 +4,15 @@
 //! up) loses its record; a volume that is due is fetched again through the pluggable
 //! [`Refresh`] (the real one runs the mount pipeline's resolve → fetch → layout with the
 //! volume's own identity); if any file's bytes or mode, or any object's version, changed, the
-//! volume is switched to the new files in one step ([`super::layout::switch`]). Any error leaves
+//! volume is switched to the new files in one step ([`crate::volume::versioned::switch`]). Any error leaves
 //! the current files as they are, is written to the volume's status and log, and backs off.
 //! Volumes are refreshed by a bounded number of worker threads.
 
-use super::layout::{self, Budget, Perms};
 use super::record::{LastError, Record, Status, Store};
 use super::root::{is_live, Mounts, VolumeRoot};
 use super::schedule;
 use crate::error::{Code, Error, Result};
+use crate::volume::versioned::{self as layout, Budget, Perms};
 use crate::volume::Layout;
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 use super::*;
 use crate::agent::record::PodRef;
 use crate::agent::root::is_live;
-use crate::agent::testutil::{file, TempDir, Tmpfs};
+use crate::testutil::{file, TempDir, Tmpfs};
 use rustix::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;

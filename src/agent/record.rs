@@ -434,7 +434,7 @@ fn read_private(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::testutil::TempDir;
+    use crate::testutil::TempDir;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn record(dir: &str) -> Record {

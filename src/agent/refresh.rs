@@ -25,7 +25,13 @@ impl Refresh for PipelineRefresh {
         pipeline::use_pod_token(&mut spec, &record.dir)?;
         let cloud = pipeline::resolve(&spec, &self.config)?;
         let deadline = crate::auth::Deadline::after(self.config.deadline());
-        let fetched = pipeline::fetch(&spec, &cloud, &self.config, deadline)?;
+        // NMI decides at every refresh whether the pod still has its identity; the other
+        // sources' tokens come from the node cache like a mount's.
+        let node = crate::auth::Node {
+            reauthorize_pods: true,
+            ..crate::auth::Node::of(&self.config, &cloud)
+        };
+        let fetched = pipeline::fetch_on(&spec, &cloud, &self.config, deadline, node)?;
         let layout = pipeline::layout(&spec, fetched, &self.config)?;
         // The fetcher does not report version ids yet: changes are detected on the bytes.
         Ok(Fetched {

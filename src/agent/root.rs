@@ -141,7 +141,7 @@ impl Drop for VolumeRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::testutil::Tmpfs;
+    use crate::testutil::Tmpfs;
 
     fn read_only(dir: &Path) -> bool {
         rustix::fs::statvfs(dir)

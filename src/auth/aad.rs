@@ -38,15 +38,38 @@ pub enum AadCredential {
 /// RFC 7523's assertion type, which AAD expects for certificates and federated tokens.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// Fetches a token for `resource` with the client-credentials grant.
+/// Workload identity's assertion: the pod's service-account token and its claims.
+pub(super) type Assertion = (Secret, Claims);
+
+/// Workload identity: the pod's token, read and checked before it is sent anywhere (or used
+/// to find a cached token). `None` for other credentials.
+pub(super) async fn assertion(
+    credential: &AadCredential,
+    deadline: &Deadline,
+) -> Result<Option<Assertion>> {
+    match credential {
+        AadCredential::Federated { token, subject } => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let jwt = super::projected::read(token, deadline).await?;
+            let claims = super::projected::check(&jwt, subject.as_deref(), now)?;
+            Ok(Some((jwt, claims)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Fetches a token for `resource` with the client-credentials grant; `federated` is
+/// [`assertion`]'s answer for this credential.
 #[allow(clippy::too_many_arguments)]
-pub async fn fetch(
+pub(super) async fn fetch(
     http: &reqwest::Client,
     authority: &str,
     tenant: &str,
     client_id: &str,
     credential: &AadCredential,
+    federated: Option<&Assertion>,
     resource: &str,
+    node: Option<&crate::nodestate::NodeState>,
     deadline: &Deadline,
 ) -> Result<Token> {
     let url = format!(
@@ -54,22 +77,13 @@ pub async fn fetch(
         authority.trim_end_matches('/')
     );
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    // Workload identity: the pod's token, read and checked before it is sent anywhere.
-    let federated = match credential {
-        AadCredential::Federated { token, subject } => {
-            let jwt = super::projected::read(token, deadline).await?;
-            let claims = super::projected::check(&jwt, subject.as_deref(), now)?;
-            Some((jwt, claims))
-        }
-        _ => None,
-    };
     // Built in a block: the serializer is not `Send` and must not live across an await.
     let body = {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("client_id", client_id)
             .append_pair("scope", &format!("{resource}/.default"))
             .append_pair("grant_type", "client_credentials");
-        match (credential, &federated) {
+        match (credential, federated) {
             (AadCredential::Secret(secret), _) => {
                 form.append_pair("client_secret", secret.expose());
             }
@@ -95,7 +109,7 @@ pub async fn fetch(
         Zeroizing::new(form.finish())
     };
     // What the error explanation may name: the issuer and subject kv presented.
-    let presented = federated.as_ref().map(|(_, claims)| claims.clone());
+    let presented = federated.map(|(_, claims)| claims.clone());
     let host = authority
         .trim_start_matches("https://")
         .trim_end_matches('/');
@@ -104,6 +118,8 @@ pub async fn fetch(
         address: host,
         unreachable: None,
         backoff: BACKOFF,
+        throttle_host: Some(host),
+        slots: None,
     };
     let who = Who {
         tenant,
@@ -113,6 +129,7 @@ pub async fn fetch(
     };
     request::request(
         &endpoint,
+        node,
         deadline,
         |timeout| {
             http.post(&url)

@@ -22,6 +22,12 @@ const ENDPOINT: Endpoint<'static> = Endpoint {
         max: Duration::from_secs(2),
         max_attempts: 40,
     },
+    throttle_host: Some("169.254.169.254"),
+    // IMDS serves a VM ~5 concurrent requests: every kv process of the node shares them.
+    slots: Some((
+        crate::nodestate::slots::IMDS,
+        crate::nodestate::slots::IMDS_SLOTS,
+    )),
 };
 
 /// Fetches a token for the system-assigned identity or a user-assigned one (by client id or
@@ -30,6 +36,7 @@ pub async fn fetch(
     http: &reqwest::Client,
     id: &ManagedIdentity,
     resource: &str,
+    node: Option<&crate::nodestate::NodeState>,
     deadline: &Deadline,
 ) -> Result<Token> {
     let mut url = url::Url::parse("http://169.254.169.254/metadata/identity/oauth2/token")
@@ -50,6 +57,7 @@ pub async fn fetch(
     };
     request::request(
         &ENDPOINT,
+        node,
         deadline,
         |timeout| {
             http.get(url.clone())

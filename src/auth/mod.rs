@@ -4,6 +4,10 @@
 //! (challenged) request, and every later asker awaits the same result, so a mount makes exactly
 //! one token request per resource however many objects it fetches. [`Credential`] hands the
 //! token to the Azure SDK's Key Vault clients as an azure_core `TokenCredential`.
+//!
+//! On a node ([`Provider::on_node`]) tokens also go through the node's token cache
+//! ([`crate::nodestate::tokens`]), so a burst of mounts of one identity costs one token request
+//! across every kv process: see [`Provider::fetch`] for the keys.
 
 mod aad;
 mod imds;
@@ -14,7 +18,9 @@ mod request;
 
 pub use aad::AadCredential;
 
+use crate::cloud::Cloud;
 use crate::error::{Error, Result};
+use crate::nodestate::{self, NodeState};
 use crate::options::{ClientCredential, Identity, ManagedIdentity, VolumeSpec};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -46,6 +52,9 @@ pub enum Source {
         namespace: String,
         /// Pod name.
         pod: String,
+        /// Pod uid (kubelet's `kubernetes.io/pod.uid`; empty when not given): a token cached
+        /// for one incarnation of a pod name is not used by the next.
+        uid: String,
     },
     /// IMDS.
     Imds {
@@ -79,6 +88,7 @@ impl Source {
                 port: nmi_port.unwrap_or(default_nmi_port),
                 namespace: spec.pod.namespace.clone().unwrap_or_default(),
                 pod: spec.pod.name.clone().unwrap_or_default(),
+                uid: spec.pod.uid.clone().unwrap_or_default(),
             },
             Identity::NodeManagedIdentity { id } => Source::Imds { id: id.clone() },
             Identity::ServicePrincipal {
@@ -110,21 +120,81 @@ impl Source {
 
 type Slot = Arc<OnceCell<Result<Token>>>;
 
+/// What a provider shares with the other kv processes of its node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node state (`/run/kv`, or kv.json's `stateDir`).
+    pub state: NodeState,
+    /// The resolved cloud: part of every cache key.
+    pub cloud: Cloud,
+    /// Whether tokens go through the node's token cache (kv.json `tokenCache`).
+    pub cache: bool,
+    /// Most requests in flight to one vault from the node (kv.json `vaultRequestsPerNode`).
+    pub vault_requests: usize,
+    /// Ask NMI even when the cache holds the pod's token (and store the new one): NMI decides
+    /// at every rotation refresh whether the pod still has its identity.
+    pub reauthorize_pods: bool,
+}
+
+impl Node {
+    /// The node settings of `config` for a volume in `cloud`.
+    pub fn of(config: &crate::config::NodeConfig, cloud: &Cloud) -> Node {
+        Node {
+            state: config.node_state(),
+            cloud: cloud.clone(),
+            cache: config.token_cache(),
+            vault_requests: config.vault_requests_per_node() as usize,
+            reauthorize_pods: false,
+        }
+    }
+}
+
 /// Fetches and caches tokens for one call.
 pub struct Provider {
     source: Source,
     http: reqwest::Client,
     deadline: Deadline,
+    /// The node's shared state; `None` for a probe that must ask its source (`kv doctor`).
+    node: Option<Node>,
     slots: Mutex<HashMap<String, Slot>>,
     /// The client id the token belongs to, when the source tells (NMI, IMDS user-assigned, SP).
     client_id: Mutex<Option<String>>,
     /// The last token error, for callers that only see the SDK's untyped copy.
     last_error: Mutex<Option<Error>>,
+    /// The node cache entry this call's token came from or went to, so a token a service
+    /// rejects can be dropped for the next mount.
+    cached: Mutex<Option<nodestate::CacheKey>>,
 }
 
 impl Provider {
-    /// A provider; nothing is fetched until [`Provider::token`].
+    /// A provider that asks its source directly (no node cache, slots or throttle records);
+    /// nothing is fetched until [`Provider::token`].
     pub fn new(source: Source, http: reqwest::Client, deadline: Deadline) -> Arc<Provider> {
+        Provider::build(source, http, deadline, None)
+    }
+
+    /// A provider sharing tokens, request slots and throttle records with every kv process of
+    /// the node.
+    pub fn on_node(
+        source: Source,
+        http: reqwest::Client,
+        deadline: Deadline,
+        node: Node,
+    ) -> Arc<Provider> {
+        Provider::build(source, http, deadline, Some(node))
+    }
+
+    /// The node settings, if this provider runs on one.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    fn build(
+        source: Source,
+        http: reqwest::Client,
+        deadline: Deadline,
+        node: Option<Node>,
+    ) -> Arc<Provider> {
         let client_id = match &source {
             Source::Imds {
                 id: ManagedIdentity::ClientId(id) | ManagedIdentity::ResourceId(id),
@@ -136,9 +206,11 @@ impl Provider {
             source,
             http,
             deadline,
+            node,
             slots: Mutex::new(HashMap::new()),
             client_id: Mutex::new(client_id),
             last_error: Mutex::new(None),
+            cached: Mutex::new(None),
         })
     }
 
@@ -153,18 +225,211 @@ impl Provider {
 
     async fn fetch(&self, resource: &str) -> Result<Token> {
         let started = Instant::now();
-        let result = match &self.source {
+        let result = self.fetch_shared(resource).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok((_, cached)) => crate::log::info(
+                "token",
+                serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms, "cached": cached}),
+            ),
+            Err(e) => {
+                crate::log::error(
+                    "token",
+                    serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms, "error": e.to_string()}),
+                );
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
+        }
+        result.map(|(token, _)| token)
+    }
+
+    /// The token from the node's cache when it holds one for exactly this caller, else from the
+    /// source, once per node: get → lock (wait for a request another process has in flight)
+    /// → get again → ask → put. The key (see [`nodestate::Identity`]) holds everything that
+    /// decides which token the source hands out, so only a caller that would have received the
+    /// same token reuses it; the node policy has already allowed the caller
+    /// (`pipeline::resolve` runs before any token is asked). `true` when it came from the cache.
+    async fn fetch_shared(&self, resource: &str) -> Result<(Token, bool)> {
+        // Workload identity: the pod's token is read and checked first; its issuer and subject
+        // are part of the key, and nothing is reused for a token that is not valid.
+        let assertion = match &self.source {
+            Source::Aad { credential, .. } => aad::assertion(credential, &self.deadline).await?,
+            _ => None,
+        };
+        let node = match &self.node {
+            Some(node) if node.cache => node,
+            _ => {
+                return self
+                    .ask(resource, assertion.as_ref())
+                    .await
+                    .map(|t| (t, false))
+            }
+        };
+        let cache = match node.state.tokens() {
+            Ok(cache) => cache,
+            Err(e) => {
+                // A node whose state cannot be used still mounts; each process asks on its own.
+                crate::log::warn("token_cache", serde_json::json!({"error": e.to_string()}));
+                return self
+                    .ask(resource, assertion.as_ref())
+                    .await
+                    .map(|t| (t, false));
+            }
+        };
+        let credential = self.credential_bytes();
+        let nmi = match &self.source {
+            Source::Nmi { port, .. } => format!("127.0.0.1:{port}"),
+            _ => String::new(),
+        };
+        let identity = self.cache_identity(node, resource, assertion.as_ref(), &credential, &nmi);
+        let key = cache.key(&identity)?;
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+        let margin = nodestate::tokens::DEFAULT_MARGIN;
+        let reuse = !(node.reauthorize_pods && matches!(self.source, Source::Nmi { .. }));
+        if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
+            return Ok((from_cached(hit), true));
+        }
+        let _lock = cache.lock_async(&key, self.deadline.instant()).await?;
+        // Whoever held the lock before us may have just stored it.
+        if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
+            return Ok((from_cached(hit), true));
+        }
+        let token = self.ask(resource, assertion.as_ref()).await?;
+        let entry = nodestate::CachedToken {
+            token: token.access_token.clone(),
+            expires_on: token.expires_on,
+        };
+        if let Err(e) = cache.put(&key, &entry) {
+            crate::log::warn("token_cache", serde_json::json!({"error": e.to_string()}));
+        }
+        Ok((token, false))
+    }
+
+    /// Drops this call's token from the node cache: Key Vault rejected it (401), so the next
+    /// mount asks the source again instead of reusing it until it expires.
+    pub fn distrust_token(&self) {
+        let key = self.cached.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(key), Some(node)) = (key, &self.node) else {
+            return;
+        };
+        if let Ok(cache) = node.state.tokens() {
+            cache.forget(&key);
+            crate::log::warn(
+                "token_cache",
+                serde_json::json!({"forgot": key.label(), "why": "Key Vault answered 401"}),
+            );
+        }
+    }
+
+    /// What identifies the credential in a service principal's key (hashed with the node key
+    /// before it is stored): the secret's bytes, or the certificate's DER and its key.
+    fn credential_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        match &self.source {
+            Source::Aad {
+                credential: AadCredential::Secret(secret),
+                ..
+            } => {
+                bytes.extend_from_slice(b"secret\0");
+                bytes.extend_from_slice(secret.expose().as_bytes());
+            }
+            Source::Aad {
+                credential: AadCredential::Certificate(certificate),
+                ..
+            } => {
+                // Length-prefixed, so no two (certificate, key) pairs give the same bytes.
+                bytes.extend_from_slice(b"certificate\0");
+                bytes.extend_from_slice(&(certificate.cert_der.len() as u64).to_be_bytes());
+                bytes.extend_from_slice(&certificate.cert_der);
+                bytes.extend_from_slice(&certificate.key_pkcs8);
+            }
+            _ => {}
+        }
+        bytes
+    }
+
+    /// The cache identity of this source for `resource`.
+    fn cache_identity<'a>(
+        &'a self,
+        node: &'a Node,
+        resource: &'a str,
+        assertion: Option<&'a aad::Assertion>,
+        credential: &'a [u8],
+        nmi: &'a str,
+    ) -> nodestate::Identity<'a> {
+        let cloud = &node.cloud;
+        match &self.source {
+            Source::Imds { id } => nodestate::Identity::NodeIdentity {
+                cloud,
+                resource,
+                id: match id {
+                    ManagedIdentity::System => nodestate::NodeId::System,
+                    ManagedIdentity::ClientId(c) => nodestate::NodeId::ClientId(c),
+                    ManagedIdentity::ResourceId(r) => nodestate::NodeId::ResourceId(r),
+                },
+            },
+            Source::Nmi {
+                namespace,
+                pod,
+                uid,
+                ..
+            } => nodestate::Identity::PodIdentity {
+                cloud,
+                resource,
+                nmi,
+                namespace,
+                name: pod,
+                uid,
+            },
+            Source::Aad {
+                tenant, client_id, ..
+            } if assertion.is_some() => {
+                let (issuer, subject) = assertion
+                    .map(|(_, c)| (c.issuer.as_str(), c.subject.as_str()))
+                    .unwrap_or_default();
+                nodestate::Identity::WorkloadIdentity {
+                    cloud,
+                    resource,
+                    tenant,
+                    client_id,
+                    issuer,
+                    subject,
+                }
+            }
+            Source::Aad {
+                authority,
+                tenant,
+                client_id,
+                ..
+            } => nodestate::Identity::ServicePrincipal {
+                cloud,
+                resource,
+                authority,
+                tenant,
+                client_id,
+                credential,
+            },
+        }
+    }
+
+    /// Asks the source itself.
+    async fn ask(&self, resource: &str, assertion: Option<&aad::Assertion>) -> Result<Token> {
+        let node = self.node.as_ref().map(|n| &n.state);
+        match &self.source {
             Source::Nmi {
                 port,
                 namespace,
                 pod,
+                ..
             } => nmi::fetch(&self.http, *port, namespace, pod, resource, &self.deadline)
                 .await
                 .map(|(token, client_id)| {
                     *self.client_id.lock().unwrap_or_else(|p| p.into_inner()) = client_id;
                     token
                 }),
-            Source::Imds { id } => imds::fetch(&self.http, id, resource, &self.deadline).await,
+            Source::Imds { id } => {
+                imds::fetch(&self.http, id, resource, node, &self.deadline).await
+            }
             Source::Aad {
                 authority,
                 tenant,
@@ -177,27 +442,14 @@ impl Provider {
                     tenant,
                     client_id,
                     credential,
+                    assertion,
                     resource,
+                    node,
                     &self.deadline,
                 )
                 .await
             }
-        };
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        match &result {
-            Ok(_) => crate::log::info(
-                "token",
-                serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms}),
-            ),
-            Err(e) => {
-                crate::log::error(
-                    "token",
-                    serde_json::json!({"source": self.kind(), "resource": resource, "ms": ms, "error": e.to_string()}),
-                );
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
-            }
         }
-        result
     }
 
     /// The service a token is still awaited from, if one is: a stall there is not Key Vault's.
@@ -308,6 +560,13 @@ impl TokenCredential for Credential {
                 e.to_string(),
             )),
         }
+    }
+}
+
+fn from_cached(hit: nodestate::CachedToken) -> Token {
+    Token {
+        access_token: hit.token,
+        expires_on: hit.expires_on,
     }
 }
 

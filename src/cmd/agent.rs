@@ -4,8 +4,8 @@
 use crate::agent::pass::{self, PassOptions, PassReport};
 use crate::agent::record::{Record, Status, Store};
 use crate::agent::refresh::PipelineRefresh;
-use crate::agent::schedule::format_duration;
 use crate::config::NodeConfig;
+use crate::duration::format as format_duration;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,6 +23,11 @@ pub struct AgentArgs {
     /// stateDir, /run/kv).
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// The node config to use (default: kv.json beside this binary). In the installer
+    /// DaemonSet: the copy `kv install` put in the plugin dir, which every mount reads too;
+    /// the agent waits (exits, and is restarted) until it exists.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     /// Volumes refreshed at the same time.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
@@ -44,7 +49,20 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Runs the agent, one pass, or the status report.
 pub fn run(args: AgentArgs) -> (String, u8) {
-    let config = match NodeConfig::load_beside_binary() {
+    let config = match &args.config {
+        Some(path) if !path.exists() => {
+            return (
+                format!(
+                    "{} does not exist yet (kv install writes it): the agent starts once it does\n",
+                    path.display()
+                ),
+                1,
+            )
+        }
+        Some(path) => NodeConfig::load(path),
+        None => NodeConfig::load_beside_binary(),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => return (format!("{e}\n"), e.code().exit_class()),
     };
@@ -164,7 +182,7 @@ fn status_json(record: &Record, st: &Status) -> serde_json::Value {
 /// The version directory the volume's `..data` names: what the pod reads now (the link itself
 /// is read, never followed).
 fn current_version(dir: &std::path::Path) -> Option<String> {
-    std::fs::read_link(dir.join(crate::agent::layout::DATA))
+    std::fs::read_link(dir.join(crate::volume::versioned::DATA))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
 }

@@ -115,6 +115,7 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
     check_binary(&mut r);
     let config = check_install_and_config(&mut r, args.plugin_dir.as_deref());
     check_tmpfs(&mut r);
+    check_node_state(&mut r, &config);
 
     let spec = match args.input.read() {
         Ok(None) => None,
@@ -168,6 +169,60 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
         check_objects(&mut r, spec, &config);
     }
     r.render()
+}
+
+/// The node state every kv process shares: the token cache (whose tokens, until when; never a
+/// token) and the hosts whose 429s the node is waiting out. Reads only; creates nothing.
+fn check_node_state(r: &mut Report, config: &NodeConfig) {
+    let state = config.node_state();
+    let summary = state.summary();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cache = if config.token_cache() {
+        format!(
+            "on, {}: {} token(s)",
+            state.root().join("tokens").display(),
+            summary.tokens.len()
+        )
+    } else {
+        "off (kv.json tokenCache: false): every mount asks its token source".to_string()
+    };
+    r.add(Verdict::Pass, "node cache", cache);
+    for t in &summary.tokens {
+        let left = t.expires_on - now;
+        let when = if left > 0 {
+            format!("expires in {left}s")
+        } else {
+            format!("expired {}s ago", -left)
+        };
+        r.add(
+            Verdict::Pass,
+            "cached token",
+            format!(
+                "{} {}: {when}, written {}s ago",
+                t.kind.as_str(),
+                t.label,
+                t.age.as_secs()
+            ),
+        );
+    }
+    if summary.throttles.is_empty() {
+        r.add(
+            Verdict::Pass,
+            "throttle",
+            "no service is throttling this node",
+        );
+    }
+    for t in &summary.throttles {
+        r.add(
+            Verdict::Warn,
+            "throttle",
+            format!(
+                "{} answered HTTP 429: kv waits {}ms more before asking it again",
+                t.host,
+                t.remaining.as_millis()
+            ),
+        );
+    }
 }
 
 /// With workload identity: where the pod's token is, and whether its claims would pass.
@@ -495,6 +550,7 @@ async fn network_checks(
                     port,
                     namespace: s.pod.namespace.clone().unwrap_or_default(),
                     pod: s.pod.name.clone().unwrap_or_default(),
+                    uid: s.pod.uid.clone().unwrap_or_default(),
                 },
                 http.clone(),
                 Deadline::after(TOKEN_PROBE),

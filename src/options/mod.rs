@@ -68,7 +68,7 @@ pub struct VolumeSpec {
     /// Requested tmpfs size in bytes.
     pub tmpfs_size: Option<u64>,
     /// `rotationpollinterval`: the volume asks to follow Key Vault at this interval (before the
-    /// node's bounds, [`crate::agent::schedule::Policy`]).
+    /// node's bounds, [`crate::config::RotationPolicy`]).
     pub rotation_interval: Option<std::time::Duration>,
     /// Where workload identity's token is: set by the front-end (from the mount dir, or
     /// `kv fetch --token-file`), not by options.
@@ -188,7 +188,7 @@ impl VolumeSpec {
         let rotation_interval = raw
             .get("rotationpollinterval")
             .map(|d| {
-                crate::agent::schedule::parse_duration(d)
+                crate::duration::parse(d)
                     .map_err(|e| Error::options(format!("rotationpollinterval: {}", e.message())))
                     .and_then(|d| match d.is_zero() {
                         true => Err(Error::options(

@@ -65,9 +65,31 @@ pub fn fetch(
     config: &NodeConfig,
     deadline: Deadline,
 ) -> Result<Vec<FetchedObject>> {
+    fetch_on(
+        spec,
+        cloud,
+        config,
+        deadline,
+        crate::auth::Node::of(config, cloud),
+    )
+}
+
+/// [`fetch`] with explicit node settings (the rotation agent re-asks NMI for pods).
+pub fn fetch_on(
+    spec: &VolumeSpec,
+    cloud: &Cloud,
+    config: &NodeConfig,
+    deadline: Deadline,
+    node: crate::auth::Node,
+) -> Result<Vec<FetchedObject>> {
     block_on(async {
         let http = crate::http::client()?;
-        let provider = Provider::new(token_source(spec, cloud, config)?, http.clone(), deadline);
+        let provider = Provider::on_node(
+            token_source(spec, cloud, config)?,
+            http.clone(),
+            deadline,
+            node,
+        );
         // Start the token at once: it overlaps the vault's 401 challenge.
         let prefetch = {
             let provider = provider.clone();
@@ -142,7 +164,7 @@ pub fn layout(
     let rotating = rotation(spec, config)?.is_some();
     // A rotating volume holds two versions during a switch (and its links): sized for both.
     let (needed, versions) = if rotating {
-        (crate::agent::layout::needed(&files)?.bytes, 2)
+        (crate::volume::versioned::needed(&files)?.bytes, 2)
     } else {
         (volume::needed_bytes(&files), 1)
     };

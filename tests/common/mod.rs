@@ -109,7 +109,7 @@ impl Node {
             .expect("cp");
         assert!(copied.success(), "cp kv: {copied}");
         if !config.is_null() {
-            std::fs::write(plugin.join("kv.json"), config.to_string()).unwrap();
+            std::fs::write(plugin.join("kv.json"), own_state(config, &root).to_string()).unwrap();
         }
         let log = root.join("kv-driver.log");
         Node { ns, root, kv, log }
@@ -120,13 +120,18 @@ impl Node {
         self.set_config_exact(trusting(config))
     }
 
-    /// Rewrites the node config exactly.
+    /// Rewrites the node config exactly (but for [`own_state`]).
     pub fn set_config_exact(&self, config: Value) {
         std::fs::write(
             self.kv.parent().unwrap().join("kv.json"),
-            config.to_string(),
+            own_state(config, &self.root).to_string(),
         )
         .unwrap();
+    }
+
+    /// The node state directory (token cache, slots, throttle records) of this node's kv.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
     }
 
     /// A kubelet-style volume dir, created 0750 as kubelet does.
@@ -276,6 +281,17 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// `config` plus, when it names none, a `stateDir` of the node's own (`<root>/state`): tests
+/// run in parallel, and a token one test's kv cached in the default /run/kv would be another
+/// test's cache hit (the emulators' tokens are valid across instances).
+pub fn own_state(mut config: Value, root: &Path) -> Value {
+    if let Some(m) = config.as_object_mut() {
+        m.entry("stateDir")
+            .or_insert(json!(root.join("state").to_string_lossy()));
+    }
+    config
 }
 
 /// `config` plus, when it has no `policy`, the one line that lets every namespace use every

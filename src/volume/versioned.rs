@@ -19,8 +19,8 @@
 //! Everything is relative to one directory descriptor (the tmpfs root), never a path, and no
 //! link is followed: a volume's tree cannot be redirected elsewhere on the host.
 
+use super::VolumeFile;
 use crate::error::{Code, Error, Result};
-use crate::volume::VolumeFile;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use std::collections::{BTreeMap, BTreeSet};
@@ -599,5 +599,5 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-#[path = "layout_tests.rs"]
+#[path = "versioned_tests.rs"]
 mod tests;

@@ -1,4 +1,4 @@
-//! Test fixtures for the agent: real tmpfs mounts (source `kv`, like a volume) in temp dirs,
+//! Test fixtures for the volume layout and the agent: real tmpfs mounts (source `kv`, like a volume) in temp dirs,
 //! unmounted and removed on drop.
 
 use crate::volume::VolumeFile;

@@ -8,6 +8,8 @@
 //! no staging mount or temp file to clean up, and no secret byte ever touches a disk. Older
 //! kernels fall back to mounting at `<dir>` directly and unmounting on any error.
 
+pub mod versioned;
+
 use crate::error::{Code, Error, Result};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
@@ -39,7 +41,7 @@ pub struct Layout {
     pub size: u64,
     /// Attach read-only (the pod's `flexVolume.readOnly: true`, `kubernetes.io/readwrite: ro`).
     pub read_only: bool,
-    /// The volume rotates: written in the `..data` layout of [`crate::agent::layout`] (a
+    /// The volume rotates: written in the `..data` layout of [`versioned`] (a
     /// version directory and links) so `kv agent` can switch it in one step later.
     pub rotating: bool,
 }
@@ -410,7 +412,7 @@ fn mount_in_place(dir: &Path, layout: &Layout) -> Result<()> {
 /// current version and the next one during a switch, with their links), plus room.
 fn nr_inodes(layout: &Layout) -> Result<u64> {
     if layout.rotating {
-        Ok(crate::agent::layout::room_for_rotation(&layout.files)?.inodes + 64)
+        Ok(versioned::room_for_rotation(&layout.files)?.inodes + 64)
     } else {
         Ok(layout.files.len() as u64 * 2 + 64)
     }
@@ -421,7 +423,7 @@ fn nr_inodes(layout: &Layout) -> Result<u64> {
 /// rotating volume gets its first version in the `..data` layout instead.
 fn write_files(root: &OwnedFd, layout: &Layout) -> Result<()> {
     if layout.rotating {
-        use crate::agent::layout::{write_initial, Budget, Perms};
+        use versioned::{write_initial, Budget, Perms};
         let perms = Perms {
             dir_mode: layout.dir_mode,
             gid: layout.gid,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::agent::testutil::{file, TempDir, Tmpfs};
+use crate::testutil::{file, TempDir, Tmpfs};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -368,7 +368,7 @@ fn killing_a_switch_at_random_points_leaves_old_or_new() {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "agent::layout::tests::switch_forever_child",
+                "volume::versioned::tests::switch_forever_child",
                 "--ignored",
                 "--test-threads=1",
             ])

@@ -1,0 +1,45 @@
+"""1. Install: the DaemonSet rolls out from the locally built image (by digest), kv lands in
+kubelet's plugin dir with the right mode and kv.json, and kubelet probed azure/kv and ran init."""
+import json
+import os
+
+from conftest import ROOT, STATE
+
+PLUGIN = STATE / "volume-plugins" / "azure~kv"
+
+
+def test_daemonset_installs_kv_and_kubelet_loads_it(cluster):
+    ds = cluster.get("daemonset", "kv-installer", "kv-system")
+    assert ds["status"].get("numberReady") == 1, ds["status"]
+    assert ds["status"].get("updatedNumberScheduled") == 1, ds["status"]
+    digest = (STATE / "images" / "kv.digest").read_text().strip()
+    image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"kv-local/kv@{digest}", image
+
+    pods = json.loads(cluster.kubectl("-n", "kv-system", "get", "pods", "-o", "json"))["items"]
+    assert len(pods) == 1
+    status = pods[0]["status"]["containerStatuses"][0]
+    assert status["ready"] and status["imageID"].endswith(digest), status
+    log = cluster.logs(pods[0]["metadata"]["name"], "kv-system")
+    assert f"to /flexvolume/azure~kv/kv" in log, log
+
+    # The driver dir: root-owned 0755, kv 0755 with the image's bytes, kv.json from the ConfigMap.
+    st = os.stat(PLUGIN)
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o755)
+    kv = PLUGIN / "kv"
+    st = os.stat(kv)
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o755)
+    built = ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "kv"
+    assert kv.read_bytes() == built.read_bytes()
+    cm = cluster.get("configmap", "kv-config", "kv-system")
+    conf = PLUGIN / "kv.json"
+    assert conf.read_text() == cm["data"]["kv.json"]
+    assert os.stat(conf).st_mode & 0o7777 == 0o644
+    # Only kv's driver dir is in the container, not the rest of the plugin dir.
+    assert sorted(p.name for p in (STATE / "volume-plugins").iterdir()) == ["azure~kv"]
+
+    # kubelet's prober found the driver and its `init` succeeded (a failed init is logged as
+    # an error and the plugin is not loaded).
+    klog = cluster.kubelet_log()
+    assert '"Loaded volume plugin" pluginName="azure/kv"' in klog
+    assert "Error initializing dynamically probed plugin" not in klog
