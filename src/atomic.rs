@@ -46,9 +46,11 @@ pub fn write_at(
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )?;
-    let result = fill(&file, bytes, mode, gid)
-        .and_then(|()| Ok(rustix::fs::renameat(dir, tmp.as_str(), dir, name)?));
+    let filled = fill(&file, bytes, mode, gid);
+    // Closed before it is published: an executable that is still open for writing cannot be
+    // run (ETXTBSY), and kubelet may exec the new kv the moment it is renamed.
     drop(file);
+    let result = filled.and_then(|()| Ok(rustix::fs::renameat(dir, tmp.as_str(), dir, name)?));
     if result.is_err() {
         let _ = rustix::fs::unlinkat(dir, tmp.as_str(), rustix::fs::AtFlags::empty());
         return result;
@@ -67,12 +69,13 @@ fn fill(file: &OwnedFd, mut bytes: &[u8], mode: u32, gid: Option<u32>) -> io::Re
             Err(e) => return Err(e.into()),
         }
     }
-    rustix::fs::fsync(file)?;
     if let Some(g) = gid {
         rustix::fs::fchown(file, None, Some(rustix::fs::Gid::from_raw(g)))?;
     }
-    // The mode last: the file is never readable by others before it is complete.
+    // The mode only once the content is complete; the fsync makes both durable before the
+    // rename publishes the file.
     rustix::fs::fchmod(file, Mode::from_raw_mode(mode))?;
+    rustix::fs::fsync(file)?;
     Ok(())
 }
 

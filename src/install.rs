@@ -15,9 +15,9 @@
 use crate::config::{NodeConfig, FILE_NAME as CONFIG_NAME};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The driver's directory under the plugin dir (`azure/kv` with `/` escaped as `~`).
 pub const DRIVER_DIR: &str = "azure~kv";
@@ -296,44 +296,16 @@ fn is_current(path: &Path, bytes: &[u8], mode: u32) -> bool {
 }
 
 /// Atomically replaces `dir/name` with `bytes` unless it already holds them; true if replaced.
+/// The one atomic writer ([`crate::atomic`]): an exclusive `0600` temp file, written, given its
+/// mode and fsynced before it is renamed over `name` (kubelet never runs a partial binary).
 fn replace(dir: &Path, name: &str, bytes: &[u8], mode: u32, target: &Path) -> Result<bool, String> {
     let dest = dir.join(name);
     if is_current(&dest, bytes, mode) {
         return Ok(false);
     }
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    // Every installer container is pid 1: the time makes the name unique per attempt.
-    let tmp = dir.join(format!(".{name}.{}-{nanos:09}.tmp", std::process::id()));
-    let result = write_file(&tmp, bytes, mode)
-        .map_err(|e| io_error("cannot write", &tmp, &e, target))
-        .and_then(|()| {
-            fs::rename(&tmp, &dest).map_err(|e| io_error("cannot rename over", &dest, &e, target))
-        });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir);
+    crate::atomic::write(dir, name, bytes, mode, None)
+        .map_err(|e| io_error("cannot write", &dest, &e, target))?;
     Ok(true)
-}
-
-/// Creates `path` exclusively, writes, fsyncs, closes and sets the mode.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    // After close: nothing holds the file open for writing once it is executable.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    // The mode change durable too (a read-only open cannot cause ETXTBSY).
-    fs::File::open(path)?.sync_all()
 }
 
 /// Makes renames and removals in `dir` durable; best effort.
