@@ -99,7 +99,11 @@ class Bench:
         self.kv = os.path.join(plugin, "kv")
         shutil.copy2(plan["kv"], self.kv)
         with open(os.path.join(plugin, "kv.json"), "w") as f:
-            f.write("{}")
+            # Every mount measured cold: its own token request (the node token cache would
+            # serve every mount after the first; benches/burst measures that), and the node
+            # identity allowed (kv refuses it without a policy). State in the work dir.
+            json.dump({"tokenCache": False, "stateDir": os.path.join(self.work, "state"),
+                       "policy": {"nodeIdentities": {"*": ["*"]}}}, f)
         self.kv_log = os.path.join(self.work, "kv-driver.log")
         self.env = dict(os.environ, KV_LOG_FILE=self.kv_log)
         self.samples = []
