@@ -264,7 +264,7 @@ fn certificate_service_principal_from_pem_and_pfx() {
     node.unmount(&dir).assert_success();
 
     // The same key and certificate as a password-protected PKCS#12 file.
-    let pfx = openssl_pkcs12(&node.root, &pem, "pfx-pass");
+    let pfx = openssl_pkcs12(&pem, "pfx-pass");
     let mut o = sp((
         "clientcertificatepfx",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &pfx),
@@ -285,29 +285,19 @@ fn certificate_service_principal_from_pem_and_pfx() {
 }
 
 /// `openssl pkcs12 -export` of a PEM key + certificate with a password (AES, PBES2).
-fn openssl_pkcs12(dir: &Path, pem: &str, password: &str) -> Vec<u8> {
-    let input = dir.join("sp.pem");
-    std::fs::write(&input, pem).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["pkcs12", "-export", "-in"])
-        .arg(&input)
-        .args(["-passout", &format!("pass:{password}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+fn openssl_pkcs12(pem: &str, password: &str) -> Vec<u8> {
+    openssl(
+        &["pkcs12", "-export", "-passout", &format!("pass:{password}")],
+        pem.as_bytes(),
+    )
 }
 
 /// A self-signed certificate for `key_pem`, with the key, as PEM.
 fn other_certificate(dir: &Path, key_pem: &str) -> String {
     let key = dir.join("other.key");
     std::fs::write(&key, key_pem).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args([
+    let cert = openssl(
+        &[
             "req",
             "-new",
             "-x509",
@@ -316,16 +306,11 @@ fn other_certificate(dir: &Path, key_pem: &str) -> String {
             "-days",
             "2",
             "-key",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            key.to_str().unwrap(),
+        ],
+        b"",
     );
-    format!("{key_pem}{}", String::from_utf8_lossy(&out.stdout))
+    format!("{key_pem}{}", String::from_utf8_lossy(&cert))
 }
 
 #[test]
