@@ -21,7 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
-pub use crate::config::DEFAULT_STATE_DIR;
 /// Record format written by this release.
 const FORMAT: u32 = 1;
 /// No record or status is larger (kubelet's options are a few KiB).
@@ -213,7 +212,7 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl Store {
-    /// The store under `state` (normally [`DEFAULT_STATE_DIR`]).
+    /// The store under `state` (normally [`crate::config::DEFAULT_STATE_DIR`]).
     pub fn new(state: impl Into<PathBuf>) -> Store {
         Store {
             state: state.into(),
