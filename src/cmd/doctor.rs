@@ -125,7 +125,15 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
                     r.add(
                         Verdict::Pass,
                         "options",
-                        format!("{} object(s), {}", s.objects.len(), s.identity.describe()),
+                        format!(
+                            "{} object(s){}, {}",
+                            s.objects.len(),
+                            match s.selections.len() {
+                                0 => String::new(),
+                                n => format!(" and {n} selection(s)"),
+                            },
+                            s.identity.describe()
+                        ),
                     );
                     Some(s)
                 }
@@ -644,7 +652,8 @@ fn token_claim(jwt: &str, claim: &str) -> Option<String> {
     claims.get(claim)?.as_str().map(str::to_string)
 }
 
-/// A token and `get` on each object: the real fetch, values kept in memory and dropped.
+/// A token and `get` on each object, `list` and `get` for each selection: the real fetch,
+/// values kept in memory and dropped.
 fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
     // The same policy check and cloud as a mount.
     let cloud = match pipeline::resolve(spec, config) {
@@ -657,17 +666,14 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
     for (i, o) in spec.objects.iter().enumerate() {
         let one = VolumeSpec {
             objects: vec![o.clone()],
+            selections: Vec::new(),
             ..spec.clone()
         };
         let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
         let check = format!("object {}", i + 1);
         match pipeline::fetch(&one, &cloud, config, deadline) {
             Ok(fetched) => {
-                let bytes: usize = fetched
-                    .iter()
-                    .flat_map(|f| f.files.iter())
-                    .map(|(_, f)| f.bytes.len())
-                    .sum();
+                let bytes = fetched_bytes(&fetched);
                 r.add(
                     Verdict::Pass,
                     &check,
@@ -693,4 +699,52 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
             }
         }
     }
+    for s in &spec.selections {
+        let one = VolumeSpec {
+            objects: Vec::new(),
+            selections: vec![s.clone()],
+            ..spec.clone()
+        };
+        let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
+        let check = format!("objects[{}]", s.entry);
+        match pipeline::fetch(&one, &cloud, config, deadline) {
+            Ok(fetched) => {
+                let names: Vec<&str> = fetched.objects.iter().map(|o| o.name.as_str()).collect();
+                r.add(
+                    Verdict::Pass,
+                    &check,
+                    format!(
+                        "{}: list and get allowed in {}; {} {} match ({} bytes, not shown): {}",
+                        s.describe(),
+                        s.template.vault,
+                        names.len(),
+                        crate::keyvault::plural(s.template.kind),
+                        fetched_bytes(&fetched),
+                        crate::error::printable(&names.join(", "))
+                    ),
+                );
+            }
+            Err(e) => {
+                let auth = e.code().exit_class() == 3 || e.code() == Code::Timeout;
+                r.add(
+                    Verdict::Fail,
+                    if auth { "token" } else { &check },
+                    e.to_string(),
+                );
+                if auth {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of every rendered file.
+fn fetched_bytes(fetched: &pipeline::FetchedVolume) -> usize {
+    fetched
+        .fetched
+        .iter()
+        .flat_map(|f| f.files.iter())
+        .map(|(_, f)| f.bytes.len())
+        .sum()
 }
