@@ -169,10 +169,12 @@ impl Selection {
             parts.push(format!("objectNamePattern \"{}\"", printable(p.as_str())));
         }
         if !self.tags.is_empty() {
-            parts.push(format!(
-                "objectTags {}",
-                printable(&serde_json::to_string(&self.tags).unwrap_or_default())
-            ));
+            let tags: Vec<String> = self
+                .tags
+                .iter()
+                .map(|(k, v)| format!("\"{}\": \"{}\"", printable(k), printable(v)))
+                .collect();
+            parts.push(format!("objectTags {{{}}}", tags.join(", ")));
         }
         format!("objects[{}] ({})", self.entry, parts.join(", "))
     }
