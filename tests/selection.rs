@@ -199,6 +199,18 @@ fn a_selection_fails_clearly_and_leaves_nothing() {
         "{m}"
     );
 
+    // A hostile pattern (a huge compiled program) is refused before any request.
+    let listed = lists(&node, "/secrets");
+    let m = fail(
+        json!([{"objectNamePattern": "(\\w{1000}){1000}", "objectType": "secret"}]),
+        "KV_OPTIONS",
+    );
+    assert!(
+        m.contains("objects[0].objectNamePattern") && m.contains("compiles to more than"),
+        "{m}"
+    );
+    assert_eq!(lists(&node, "/secrets"), listed);
+
     // optional: an empty selection is skipped and logged; the rest mounts.
     node.mount(
         &dir,
@@ -488,15 +500,7 @@ fn fetch_and_doctor_understand_selections_and_fields() {
     );
 
     // doctor: a PASS line per selection naming its matches; a missing list permission FAILs.
-    let plugin = node
-        .kv
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let plugin = node.root.join("plugins").to_string_lossy().to_string();
     let (out, _) = run(
         &node,
         &["doctor", "--plugin-dir", &plugin, "--options", &options],

@@ -663,28 +663,27 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
             return;
         }
     };
-    for (i, o) in spec.objects.iter().enumerate() {
+    // One probe per named object, then one per selection, each its own fetch.
+    let named = spec.objects.iter().enumerate().map(|(i, o)| {
         let one = VolumeSpec {
             objects: vec![o.clone()],
             selections: Vec::new(),
             ..spec.clone()
         };
+        (format!("object {}", i + 1), one)
+    });
+    let selected = spec.selections.iter().map(|s| {
+        let one = VolumeSpec {
+            objects: Vec::new(),
+            selections: vec![s.clone()],
+            ..spec.clone()
+        };
+        (format!("objects[{}]", s.entry), one)
+    });
+    for (check, one) in named.chain(selected) {
         let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
-        let check = format!("object {}", i + 1);
         match pipeline::fetch(&one, &cloud, config, deadline) {
-            Ok(fetched) => {
-                let bytes = fetched_bytes(&fetched);
-                r.add(
-                    Verdict::Pass,
-                    &check,
-                    format!(
-                        "{} `{}` in {}: get allowed ({bytes} bytes, not shown)",
-                        crate::keyvault::kind_name(o.kind),
-                        o.name,
-                        o.vault
-                    ),
-                );
-            }
+            Ok(fetched) => r.add(Verdict::Pass, &check, probe_passed(&one, &fetched)),
             Err(e) => {
                 let auth = e.code().exit_class() == 3 || e.code() == Code::Timeout;
                 r.add(
@@ -699,52 +698,34 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
             }
         }
     }
-    for s in &spec.selections {
-        let one = VolumeSpec {
-            objects: Vec::new(),
-            selections: vec![s.clone()],
-            ..spec.clone()
-        };
-        let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
-        let check = format!("objects[{}]", s.entry);
-        match pipeline::fetch(&one, &cloud, config, deadline) {
-            Ok(fetched) => {
-                let names: Vec<&str> = fetched.objects.iter().map(|o| o.name.as_str()).collect();
-                r.add(
-                    Verdict::Pass,
-                    &check,
-                    format!(
-                        "{}: list and get allowed in {}; {} {} match ({} bytes, not shown): {}",
-                        s.describe(),
-                        s.template.vault,
-                        names.len(),
-                        crate::keyvault::plural(s.template.kind),
-                        fetched_bytes(&fetched),
-                        crate::error::printable(&names.join(", "))
-                    ),
-                );
-            }
-            Err(e) => {
-                let auth = e.code().exit_class() == 3 || e.code() == Code::Timeout;
-                r.add(
-                    Verdict::Fail,
-                    if auth { "token" } else { &check },
-                    e.to_string(),
-                );
-                if auth {
-                    return;
-                }
-            }
-        }
-    }
 }
 
-/// The bytes of every rendered file.
-fn fetched_bytes(fetched: &pipeline::FetchedVolume) -> usize {
-    fetched
+/// What a probe of one object or one selection found (names and sizes, never values).
+fn probe_passed(one: &VolumeSpec, fetched: &pipeline::FetchedVolume) -> String {
+    let bytes: usize = fetched
         .fetched
         .iter()
         .flat_map(|f| f.files.iter())
         .map(|(_, f)| f.bytes.len())
-        .sum()
+        .sum();
+    match (one.objects.first(), one.selections.first()) {
+        (Some(o), _) => format!(
+            "{} `{}` in {}: get allowed ({bytes} bytes, not shown)",
+            crate::keyvault::kind_name(o.kind),
+            o.name,
+            o.vault
+        ),
+        (None, Some(s)) => {
+            let names: Vec<&str> = fetched.objects.iter().map(|o| o.name.as_str()).collect();
+            format!(
+                "{}: list and get allowed in {}; {} {} match ({bytes} bytes, not shown): {}",
+                s.describe(),
+                s.template.vault,
+                names.len(),
+                crate::keyvault::plural(s.template.kind),
+                crate::error::printable(&names.join(", "))
+            )
+        }
+        (None, None) => String::new(),
+    }
 }
