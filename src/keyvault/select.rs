@@ -64,9 +64,10 @@ impl Policy for VaultHostOnly {
             let e = Error::new(
                 Code::Vault,
                 format!(
-                    "Key Vault's list of vault {} continues at another host ({}); kv does not follow it",
-                    self.host,
-                    printable(host)
+                    "Key Vault's listing continues at {}://{}; kv follows a nextLink only to https://{} (the request carries the vault's token)",
+                    printable(request.url().scheme()),
+                    printable(host),
+                    self.host
                 ),
             );
             return Err(azure_core::Error::new(
@@ -335,6 +336,53 @@ mod tests {
             "not a url".to_string(),
         ] {
             assert_eq!(name_of(Some(&bad), ObjectKind::Secret), None, "{bad}");
+        }
+    }
+
+    /// The next policy: answers an error saying it was reached.
+    #[derive(Debug)]
+    struct Reached;
+
+    #[async_trait]
+    impl Policy for Reached {
+        async fn send(&self, _: &Context, _: &mut Request, _: &[Arc<dyn Policy>]) -> PolicyResult {
+            Err(azure_core::Error::new(
+                azure_core::error::ErrorKind::Other,
+                Error::new(Code::Internal, "reached"),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_next_link_to_another_host_is_not_followed() {
+        let policy = VaultHostOnly {
+            host: "kvdemo.vault.azure.net".into(),
+        };
+        let send = |url: &str| {
+            let mut request =
+                Request::new(url::Url::parse(url).unwrap(), azure_core::http::Method::Get);
+            let next: [Arc<dyn Policy>; 1] = [Arc::new(Reached)];
+            let e = futures::executor::block_on(policy.send(&Context::new(), &mut request, &next))
+                .err()
+                .unwrap();
+            e.downcast_ref::<Error>().unwrap().message().to_string()
+        };
+        // The vault's own host, with Key Vault's explicit :443 and any case: passed on.
+        assert_eq!(
+            send("https://kvdemo.vault.azure.net:443/secrets?$skiptoken=x"),
+            "reached"
+        );
+        assert_eq!(send("https://KVDEMO.vault.azure.net/secrets"), "reached");
+        for other in [
+            "https://evil.example/secrets?$skiptoken=x",
+            "https://kvdemo.vault.azure.net.evil.example/secrets",
+            "http://kvdemo.vault.azure.net/secrets",
+        ] {
+            let m = send(other);
+            assert!(
+                m.contains("kv follows a nextLink only to https://kvdemo.vault.azure.net"),
+                "{other}: {m}"
+            );
         }
     }
 

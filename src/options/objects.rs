@@ -312,8 +312,13 @@ impl ObjectFields {
             .pattern
             .map(|p| NamePattern::new(&at("objectNamePattern"), &p))
             .transpose()?;
-        let tags = self.tags.unwrap_or_default();
-        check_tags(&at("objectTags"), &tags)?;
+        let tags = match self.tags {
+            Some(tags) => {
+                check_tags(&at("objectTags"), &tags)?;
+                tags
+            }
+            None => BTreeMap::new(),
+        };
         Ok(Entry::Select(Selection {
             entry,
             pattern,

@@ -111,6 +111,11 @@ fn bad_pattern(at: &str, source: &str, e: &regex::Error) -> Error {
 
 /// Validates `objectTags`: names and values as Key Vault allows them.
 pub fn check_tags(at: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+    if tags.is_empty() {
+        return Err(Error::options(format!(
+            "{at} is empty: list at least one tag, or leave it out (objectNamePattern \".*\" selects every object)"
+        )));
+    }
     if tags.len() > MAX_TAGS {
         return Err(Error::options(format!(
             "{at} lists {} tags; at most {MAX_TAGS}",
@@ -253,6 +258,7 @@ mod tests {
         let mut t = BTreeMap::new();
         t.insert("team".to_string(), "a".to_string());
         check_tags("objects[0].objectTags", &t).unwrap();
+        assert!(check_tags("objects[0].objectTags", &BTreeMap::new()).is_err());
         t.insert(String::new(), "x".to_string());
         assert!(check_tags("objects[0].objectTags", &t).is_err());
         let many: BTreeMap<String, String> = (0..=MAX_TAGS)

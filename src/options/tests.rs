@@ -735,6 +735,10 @@ fn selection_entries_refuse_what_cannot_apply_to_every_match() {
             "objects[0].objectNamePattern must be a string",
         ),
         (
+            serde_json::json!({"objectTags": {}, "objectType": "secret"}),
+            "objects[0].objectTags is empty: list at least one tag",
+        ),
+        (
             serde_json::json!({"objectTags": ["t"], "objectType": "secret"}),
             "objects[0].objectTags must be a JSON object",
         ),
