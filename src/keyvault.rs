@@ -35,7 +35,8 @@ mod select;
 
 /// One object's rendered files, relative to the volume root.
 pub struct FetchedObject {
-    /// Index into the spec's objects.
+    /// Index into the objects given to [`Fetcher::fetch_all`] (a volume's named objects, then
+    /// its selections' matches).
     pub index: usize,
     /// `(relative path, rendered file)`; empty when an optional object was missing.
     pub files: Vec<(String, RenderedFile)>,
