@@ -144,24 +144,29 @@ class Bench:
             problems.append(f"{tok_ok} successful token requests (want 1)")
         if s.get("case") != "pending" and tok_all != 1:
             problems.append(f"{tok_all} token requests (want 1)")
-        if kv_200 != n:
-            problems.append(f"{kv_200} Key Vault 200s (want N={n})")
+        lists = s.get("lists_expected", 0)
+        if kv_200 != n + lists:
+            problems.append(f"{kv_200} Key Vault 200s (want N={n} + list pages {lists})")
         if kv_401 > 1:
             problems.append(f"{kv_401} challenges (want ≤ 1 for one vault)")
-        if kv_all != n + kv_401 + faults:
-            problems.append(f"{kv_all} Key Vault requests (want N + challenges + injected faults = {n + kv_401 + faults})")
+        if kv_all != n + lists + kv_401 + faults:
+            problems.append(f"{kv_all} Key Vault requests (want N + list pages + challenges + injected faults = {n + lists + kv_401 + faults})")
         if problems:
             self.violations.append({"case": s.get("case"), "mode": s.get("mode"), "n": n,
                                     "latency": self.latency, "seq": s.get("seq"),
                                     "problems": problems, "statuses": st})
 
     # --- tools ---------------------------------------------------------------------------
-    def kv_options(self, mode: str, names: list) -> dict:
-        o = {"keyvaultname": "kvdemo", "keyvaultobjectnames": ";".join(names),
-             "keyvaultobjecttypes": ";".join(["secret"] * len(names)),
+    def kv_options(self, mode: str, names: list, objects: list = None) -> dict:
+        o = {"keyvaultname": "kvdemo",
              "kubernetes.io/pod.name": "demo-pod", "kubernetes.io/pod.namespace": "demo",
              "kubernetes.io/fsType": "", "kubernetes.io/readwrite": "rw",
              "kubernetes.io/serviceAccount.name": "default"}
+        if objects is None:
+            o["keyvaultobjectnames"] = ";".join(names)
+            o["keyvaultobjecttypes"] = ";".join(["secret"] * len(names))
+        else:
+            o["objects"] = json.dumps(objects)
         if mode == "pod":
             o["usepodidentity"] = "true"
         elif mode == "node":
@@ -180,9 +185,11 @@ class Bench:
         os.chmod(d, 0o750)
         return d, uid
 
-    def run_kv(self, mode: str, names: list, case: str, **extra) -> dict:
+    def run_kv(self, mode: str, names: list, case: str, objects: list = None, **extra) -> dict:
+        """One mount of `names` (or of what the `objects` entries select: `names` are the
+        expected matches)."""
         d, uid = self.volume_dir()
-        opts = self.kv_options(mode, names)
+        opts = self.kv_options(mode, names, objects)
         opts["kubernetes.io/pod.uid"] = uid
         opts["kubernetes.io/pvOrVolumeName"] = "bench"
         sample = {"tool": "kv", "mode": mode, "n": len(names), "latency": self.latency,
@@ -214,6 +221,11 @@ class Bench:
         except (FileNotFoundError, ValueError):
             pass
         sample["steps"] = steps
+        written = len(os.listdir(d)) if status == "Success" else 0
+        if status == "Success" and written != len(names):
+            self.violations.append({"case": case, "mode": mode, "n": len(names),
+                                    "latency": self.latency, "seq": self.seq,
+                                    "problems": [f"mount wrote {written} files (want {len(names)})"]})
         if status != "Success" or r["stderr"]:
             self.violations.append({"case": case, "mode": mode, "n": len(names),
                                     "latency": self.latency, "seq": self.seq,
@@ -291,6 +303,17 @@ class Bench:
         for i in range(r["reps"]):
             self.run_kv(r["mode"], [f"bench-{j:03d}" for j in range(r["n"])], "retry_ref")
 
+    def selection(self) -> None:
+        """100 secrets selected by `objectNamePattern` (the vault listed page by page, then one
+        GET per match), and the same 100 named, measured alternately."""
+        p = self.plan["selection"]
+        names = [f"bench-{i:03d}" for i in range(100)]
+        entry = [{"objectNamePattern": "bench-0[0-9][0-9]", "objectType": "secret"}]
+        log(f"lat={self.latency} selection of 100 ({p['pages']} list pages) and 100 named ×{p['reps']}")
+        for _ in range(p["reps"]):
+            self.run_kv(p["mode"], names, "selection", objects=entry, lists_expected=p["pages"])
+            self.run_kv(p["mode"], names, "selection_ref")
+
     def pending_nmi(self) -> None:
         p = self.plan["pending"]
         ready = os.path.join(os.path.dirname(os.environ["KV_EMULATOR_REQUEST_LOG"]), "ready")
@@ -317,6 +340,8 @@ def main() -> None:
         b.grid()
         if plan.get("retry"):
             b.retries()
+        if plan.get("selection"):
+            b.selection()
     b.flush()
     with open(plan["out"], "w") as f:
         json.dump({"samples": b.samples, "violations": b.violations}, f)

@@ -31,9 +31,12 @@ use futures::future::join_all;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod select;
+
 /// One object's rendered files, relative to the volume root.
 pub struct FetchedObject {
-    /// Index into the spec's objects.
+    /// Index into the objects given to [`Fetcher::fetch_all`] (a volume's named objects, then
+    /// its selections' matches).
     pub index: usize,
     /// `(relative path, rendered file)`; empty when an optional object was missing.
     pub files: Vec<(String, RenderedFile)>,
@@ -426,22 +429,29 @@ impl Fetcher {
                     }
                     self.fetch_one(index, o, &clients, shared).await
                 });
-        let results =
-            tokio::time::timeout(self.deadline.remaining() + crate::retry::OUTER_GRACE, join_all(futures))
-            .await
-            .map_err(|_| match (self.provider.pending(), self.provider.last_error()) {
-                // Still waiting for the token, or it failed: that service is the cause, not Key Vault.
-                (Some(service), last) => self.deadline.expired(service, last),
-                (None, Some(token_error)) => token_error,
-                (None, None) => Error::new(
-                    Code::Timeout,
-                    format!(
-                        "timed out after {}s fetching from Key Vault (requests stalled or kept being retried; the kv log has each attempt)",
-                        self.deadline.total().as_secs_f64()
-                    ),
-                ),
-            })?;
+        let results = tokio::time::timeout(
+            self.deadline.remaining() + crate::retry::OUTER_GRACE,
+            join_all(futures),
+        )
+        .await
+        .map_err(|_| self.stalled())?;
         results.into_iter().collect()
+    }
+
+    /// Why the requests did not finish before the deadline.
+    fn stalled(&self) -> Error {
+        match (self.provider.pending(), self.provider.last_error()) {
+            // Still waiting for the token, or it failed: that service is the cause, not Key Vault.
+            (Some(service), last) => self.deadline.expired(service, last),
+            (None, Some(token_error)) => token_error,
+            (None, None) => Error::new(
+                Code::Timeout,
+                format!(
+                    "timed out after {}s fetching from Key Vault (requests stalled or kept being retried; the kv log has each attempt)",
+                    self.deadline.total().as_secs_f64()
+                ),
+            ),
+        }
     }
 
     async fn fetch_one(
@@ -479,7 +489,7 @@ impl Fetcher {
             };
             shared.budget.charge(&rendered, o)?;
             for f in rendered {
-                files.push((o.file_path(i, f.suffix), f));
+                files.push((o.path_of(i, &f), f));
             }
         }
         crate::log::info(
@@ -571,6 +581,7 @@ impl Fetcher {
                     secret.kid.is_some(),
                     &o.render,
                 )
+                .and_then(|files| render::fields::extract(&o.name, files, &o.json_fields))
                 .map_err(render_err)
             }
             Raw::Key(key) => {

@@ -1,5 +1,7 @@
 //! Key Vault data plane: GET secrets / keys / certificates (latest, by version, version
-//! listings), the 401 challenge, access policies, disabled objects, errors.
+//! listings), the listings of a vault's secrets / keys / certificates (`GET /secrets`, with
+//! tags and `nextLink` paging like Key Vault), the 401 challenge, access policies, disabled
+//! objects, errors.
 
 use crate::material::{x5t, CertVer, KeyVer, SecretVer, VaultState};
 use crate::scenario::CLOUDS;
@@ -260,7 +262,10 @@ fn routed(state: &State, r: &Req, vault: &VaultState, appid: &str, oid: &str, ti
             None,
         );
     }
+    // `GET /secrets`: the vault's secrets (`list` permission), paged like the version listings.
+    let collection = segs.len() == 1;
     let (name, version, list) = match segs.as_slice() {
+        [_] => ("", None, true),
         [_, name] => (*name, None, false),
         [_, name, v] if v.eq_ignore_ascii_case("versions") => (*name, None, true),
         [_, name, v] => (*name, Some(*v), false),
@@ -292,6 +297,11 @@ fn routed(state: &State, r: &Req, vault: &VaultState, appid: &str, oid: &str, ti
             Some("AccessDenied"),
         );
     }
+    let base = format!("https://{}.{}", vault.name, vault.cloud.vault_suffix);
+    let api = r.q("api-version").unwrap_or("");
+    if collection {
+        return list_collection(r, vault, kind, &base, api);
+    }
     let key = name.to_ascii_lowercase();
     let not_found = |what: &str| {
         kv_error(
@@ -305,8 +315,6 @@ fn routed(state: &State, r: &Req, vault: &VaultState, appid: &str, oid: &str, ti
             None,
         )
     };
-    let base = format!("https://{}.{}", vault.name, vault.cloud.vault_suffix);
-    let api = r.q("api-version").unwrap_or("");
     // Version bookkeeping shared by all kinds.
     let metas: Option<Vec<(String, bool, i64)>> = match kind {
         Kind::Secrets => vault.secrets.get(&key).map(|v| {
@@ -485,15 +493,9 @@ fn cert_json(c: &CertVer, base: &str) -> Value {
     Value::Object(m)
 }
 
-fn list_versions(
-    r: &Req,
-    vault: &VaultState,
-    kind: Kind,
-    key: &str,
-    name: &str,
-    base: &str,
-    api: &str,
-) -> Resp {
+/// One page of a listing: `maxresults` (1-25, default 25) items from `$skiptoken` on, and a
+/// `nextLink` (`next(skip, max)`) while more remain, `null` on the last page.
+fn page(r: &Req, items: &[Value], next: impl Fn(usize, usize) -> String) -> Resp {
     let max = r
         .q("maxresults")
         .and_then(|m| m.parse::<usize>().ok())
@@ -503,70 +505,128 @@ fn list_versions(
         .q("$skiptoken")
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(0);
-    let items: Vec<Value> = match kind {
-        Kind::Secrets => vault.secrets[key]
-            .iter()
-            .map(|s| {
-                let mut m = Map::new();
-                m.insert(
-                    "id".into(),
-                    json!(format!("{base}/secrets/{}/{}", s.name, s.version)),
-                );
-                m.insert("attributes".into(), s.attrs.to_json());
-                if let Some(ct) = &s.content_type {
-                    m.insert("contentType".into(), json!(ct));
-                }
-                tags_into(&mut m, &s.tags);
-                if s.kid.is_some() {
-                    m.insert("managed".into(), json!(true));
-                }
-                Value::Object(m)
-            })
-            .collect(),
-        Kind::Keys => vault.keys[key]
-            .iter()
-            .map(|k| {
-                let mut m = Map::new();
-                m.insert(
-                    "kid".into(),
-                    json!(format!("{base}/keys/{}/{}", k.name, k.version)),
-                );
-                m.insert("attributes".into(), k.attrs.to_json());
-                tags_into(&mut m, &k.tags);
-                if k.managed {
-                    m.insert("managed".into(), json!(true));
-                }
-                Value::Object(m)
-            })
-            .collect(),
-        Kind::Certificates => vault.certs[key]
-            .iter()
-            .map(|c| {
-                let mut m = Map::new();
-                m.insert(
-                    "id".into(),
-                    json!(format!("{base}/certificates/{}/{}", c.name, c.version)),
-                );
-                m.insert("x5t".into(), json!(x5t(&c.cer)));
-                m.insert("attributes".into(), c.attrs.to_json());
-                tags_into(&mut m, &c.tags);
-                Value::Object(m)
-            })
-            .collect(),
-    };
     let page: Vec<Value> = items.iter().skip(skip).take(max).cloned().collect();
     let next = if skip + max < items.len() {
-        json!(format!(
-            "{base}/{}/{}/versions?api-version={}&$skiptoken={}&maxresults={max}",
-            kind.plural(),
-            crate::util::percent_encode(name),
-            crate::util::percent_encode(api),
-            skip + max
-        ))
+        json!(next(skip + max, max))
     } else {
         Value::Null
     };
     Resp::json(200, &json!({"value": page, "nextLink": next}))
+}
+
+/// The properties of a listed object version (no value, no key material).
+fn secret_item(s: &SecretVer, id: String) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("attributes".into(), s.attrs.to_json());
+    if let Some(ct) = &s.content_type {
+        m.insert("contentType".into(), json!(ct));
+    }
+    tags_into(&mut m, &s.tags);
+    if s.kid.is_some() {
+        m.insert("managed".into(), json!(true));
+    }
+    Value::Object(m)
+}
+
+fn key_item(k: &KeyVer, kid: String) -> Value {
+    let mut m = Map::new();
+    m.insert("kid".into(), json!(kid));
+    m.insert("attributes".into(), k.attrs.to_json());
+    tags_into(&mut m, &k.tags);
+    if k.managed {
+        m.insert("managed".into(), json!(true));
+    }
+    Value::Object(m)
+}
+
+fn cert_item(c: &CertVer, id: String) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("x5t".into(), json!(x5t(&c.cer)));
+    m.insert("attributes".into(), c.attrs.to_json());
+    tags_into(&mut m, &c.tags);
+    Value::Object(m)
+}
+
+/// `GET /{secrets|keys|certificates}`: every object of the vault once, by name, with the
+/// attributes and tags of its current version and its id without a version (Key Vault's list
+/// shape; a disabled object is listed with `enabled: false`). The `nextLink` names the host
+/// with `:443`, as Key Vault's do.
+fn list_collection(r: &Req, vault: &VaultState, kind: Kind, base: &str, api: &str) -> Resp {
+    /// The version GET-latest serves.
+    fn current<T>(versions: &[T], meta: impl Fn(&T) -> (bool, i64)) -> Option<&T> {
+        let metas: Vec<(String, bool, i64)> = versions
+            .iter()
+            .map(|v| {
+                let (enabled, created) = meta(v);
+                (String::new(), enabled, created)
+            })
+            .collect();
+        versions.get(latest_index(&metas))
+    }
+    let id = |name: &str| format!("{base}/{}/{name}", kind.plural());
+    let items: Vec<Value> = match kind {
+        Kind::Secrets => vault
+            .secrets
+            .values()
+            .filter_map(|v| current(v, |s| (s.attrs.enabled, s.attrs.created)))
+            .map(|s| secret_item(s, id(&s.name)))
+            .collect(),
+        Kind::Keys => vault
+            .keys
+            .values()
+            .filter_map(|v| current(v, |k| (k.attrs.enabled, k.attrs.created)))
+            .map(|k| key_item(k, id(&k.name)))
+            .collect(),
+        Kind::Certificates => vault
+            .certs
+            .values()
+            .filter_map(|v| current(v, |c| (c.attrs.enabled, c.attrs.created)))
+            .map(|c| cert_item(c, id(&c.name)))
+            .collect(),
+    };
+    let host = base.strip_prefix("https://").unwrap_or(base);
+    page(r, &items, |skip, max| {
+        format!(
+            "https://{host}:443/{}?api-version={}&$skiptoken={skip}&maxresults={max}",
+            kind.plural(),
+            crate::util::percent_encode(api),
+        )
+    })
+}
+
+fn list_versions(
+    r: &Req,
+    vault: &VaultState,
+    kind: Kind,
+    key: &str,
+    name: &str,
+    base: &str,
+    api: &str,
+) -> Resp {
+    let items: Vec<Value> = match kind {
+        Kind::Secrets => vault.secrets[key]
+            .iter()
+            .map(|s| secret_item(s, format!("{base}/secrets/{}/{}", s.name, s.version)))
+            .collect(),
+        Kind::Keys => vault.keys[key]
+            .iter()
+            .map(|k| key_item(k, format!("{base}/keys/{}/{}", k.name, k.version)))
+            .collect(),
+        Kind::Certificates => vault.certs[key]
+            .iter()
+            .map(|c| cert_item(c, format!("{base}/certificates/{}/{}", c.name, c.version)))
+            .collect(),
+    };
+    page(r, &items, |skip, max| {
+        format!(
+            "{base}/{}/{}/versions?api-version={}&$skiptoken={skip}&maxresults={max}",
+            kind.plural(),
+            crate::util::percent_encode(name),
+            crate::util::percent_encode(api),
+        )
+    })
 }
 
 #[cfg(test)]

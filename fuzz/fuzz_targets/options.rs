@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
             // Every file name stays one safe name inside the volume.
             for o in &spec.objects {
                 assert!(!o.file.is_empty() && !o.file.contains('/') && o.file != "." && !o.file.contains(".."));
+                for f in &o.json_fields {
+                    assert!(!f.file.is_empty() && !f.file.contains('/') && f.file != "." && !f.file.contains(".."));
+                }
             }
         }
         Err(e) => {

@@ -125,7 +125,15 @@ pub fn run(args: DoctorArgs) -> (String, u8) {
                     r.add(
                         Verdict::Pass,
                         "options",
-                        format!("{} object(s), {}", s.objects.len(), s.identity.describe()),
+                        format!(
+                            "{} object(s){}, {}",
+                            s.objects.len(),
+                            match s.selections.len() {
+                                0 => String::new(),
+                                n => format!(" and {n} selection(s)"),
+                            },
+                            s.identity.describe()
+                        ),
                     );
                     Some(s)
                 }
@@ -644,7 +652,8 @@ fn token_claim(jwt: &str, claim: &str) -> Option<String> {
     claims.get(claim)?.as_str().map(str::to_string)
 }
 
-/// A token and `get` on each object: the real fetch, values kept in memory and dropped.
+/// A token and `get` on each object, `list` and `get` for each selection: the real fetch,
+/// values kept in memory and dropped.
 fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
     // The same policy check and cloud as a mount.
     let cloud = match pipeline::resolve(spec, config) {
@@ -654,31 +663,27 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
             return;
         }
     };
-    for (i, o) in spec.objects.iter().enumerate() {
+    // One probe per named object, then one per selection, each its own fetch.
+    let named = spec.objects.iter().enumerate().map(|(i, o)| {
         let one = VolumeSpec {
             objects: vec![o.clone()],
+            selections: Vec::new(),
             ..spec.clone()
         };
+        (format!("object {}", i + 1), one)
+    });
+    let selected = spec.selections.iter().map(|s| {
+        let one = VolumeSpec {
+            objects: Vec::new(),
+            selections: vec![s.clone()],
+            ..spec.clone()
+        };
+        (format!("objects[{}]", s.entry), one)
+    });
+    for (check, one) in named.chain(selected) {
         let deadline = Deadline::after(config.deadline().min(OBJECT_PROBE));
-        let check = format!("object {}", i + 1);
         match pipeline::fetch(&one, &cloud, config, deadline) {
-            Ok(fetched) => {
-                let bytes: usize = fetched
-                    .iter()
-                    .flat_map(|f| f.files.iter())
-                    .map(|(_, f)| f.bytes.len())
-                    .sum();
-                r.add(
-                    Verdict::Pass,
-                    &check,
-                    format!(
-                        "{} `{}` in {}: get allowed ({bytes} bytes, not shown)",
-                        crate::keyvault::kind_name(o.kind),
-                        o.name,
-                        o.vault
-                    ),
-                );
-            }
+            Ok(fetched) => r.add(Verdict::Pass, &check, probe_passed(&one, &fetched)),
             Err(e) => {
                 let auth = e.code().exit_class() == 3 || e.code() == Code::Timeout;
                 r.add(
@@ -692,5 +697,35 @@ fn check_objects(r: &mut Report, spec: &VolumeSpec, config: &NodeConfig) {
                 }
             }
         }
+    }
+}
+
+/// What a probe of one object or one selection found (names and sizes, never values).
+fn probe_passed(one: &VolumeSpec, fetched: &pipeline::FetchedVolume) -> String {
+    let bytes: usize = fetched
+        .fetched
+        .iter()
+        .flat_map(|f| f.files.iter())
+        .map(|(_, f)| f.bytes.len())
+        .sum();
+    match (one.objects.first(), one.selections.first()) {
+        (Some(o), _) => format!(
+            "{} `{}` in {}: get allowed ({bytes} bytes, not shown)",
+            crate::keyvault::kind_name(o.kind),
+            o.name,
+            o.vault
+        ),
+        (None, Some(s)) => {
+            let names: Vec<&str> = fetched.objects.iter().map(|o| o.name.as_str()).collect();
+            format!(
+                "{}: list and get allowed in {}; {} {} match ({bytes} bytes, not shown): {}",
+                s.describe(),
+                s.template.vault,
+                names.len(),
+                crate::keyvault::plural(s.template.kind),
+                crate::error::printable(&names.join(", "))
+            )
+        }
+        (None, None) => String::new(),
     }
 }

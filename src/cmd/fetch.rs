@@ -119,8 +119,12 @@ fn fetch(args: FetchArgs) -> Result<String> {
     if tty {
         let _ = writeln!(
             std::io::stderr(),
-            "fetching {} object(s) from {} with {}…",
+            "fetching {} object(s){} from {} with {}…",
             spec.objects.len(),
+            match spec.selections.len() {
+                0 => String::new(),
+                n => format!(" and what {n} selection(s) match"),
+            },
             spec.vaults().join(", "),
             spec.identity.describe()
         );
@@ -341,6 +345,7 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
 /// The resolved plan, without any request.
 fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> String {
     let planned = pipeline::plan(spec, cloud);
+    let selections = pipeline::plan_selections(spec, cloud);
     if args.json {
         let objects: Vec<Value> = planned
             .iter()
@@ -353,9 +358,22 @@ fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> Str
                 })
             })
             .collect();
+        let selections: Vec<Value> = selections
+            .iter()
+            .map(|p| {
+                let s = p.selection;
+                json!({
+                    "entry": s.entry, "vault": s.template.vault, "list": p.url,
+                    "type": crate::keyvault::kind_name(s.template.kind),
+                    "objectNamePattern": s.pattern.as_ref().map(|p| p.as_str()),
+                    "objectTags": s.tags, "mode": format!("{:04o}", p.mode), "optional": s.template.optional,
+                })
+            })
+            .collect();
         let plan = json!({
             "cloud": cloud.name, "authority": cloud.authority_host, "resource": cloud.vault_resource,
             "identity": spec.identity.describe(), "fsGroup": spec.fs_group, "objects": objects,
+            "selections": selections,
         });
         return format!("{plan}\n");
     }
@@ -372,6 +390,19 @@ fn plan(spec: &VolumeSpec, cloud: &crate::cloud::Cloud, args: &FetchArgs) -> Str
             p.files.join(", "),
             p.mode,
             if p.object.optional {
+                "  (optional)"
+            } else {
+                ""
+            }
+        ));
+    }
+    for p in &selections {
+        text.push_str(&format!(
+            "select    {}: lists {} (every page), then gets each enabled match  →  a file per match, named by the object  mode {:04o}{}\n",
+            p.selection.describe(),
+            p.url,
+            p.mode,
+            if p.selection.template.optional {
                 "  (optional)"
             } else {
                 ""

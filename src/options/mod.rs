@@ -9,18 +9,23 @@
 //! - [`raw`]: the JSON object and its keys;
 //! - [`values`]: one option value each (names, modes, sizes, formats);
 //! - [`identity`]: which identity the volume uses;
-//! - [`objects`]: the objects, from the `;` lists or the `objects` array, through one builder.
+//! - [`objects`]: the objects, from the `;` lists or the `objects` array, through one builder;
+//! - [`select`]: the `objects` entries that select objects by name pattern or tags.
 
 mod identity;
 mod objects;
 mod raw;
+mod select;
 mod values;
 
 pub use identity::{
     ClientCredential, Identity, ManagedIdentity, TokenFile, TokenPath, DEFAULT_TOKEN_PATH,
     TOKEN_EXCHANGE_AUDIENCE,
 };
-pub use objects::{ObjectSpec, MAX_OBJECTS, MAX_VERSION_HISTORY};
+pub use objects::{
+    check_unique_files, ObjectSpec, MAX_JSON_FIELDS, MAX_OBJECTS, MAX_VERSION_HISTORY,
+};
+pub use select::{NamePattern, Selection, MAX_PATTERN_BYTES, PATTERN_SIZE_LIMIT};
 pub use values::{
     parse_bool, parse_mode, parse_size, validate_file_name, validate_object_name,
     validate_vault_name,
@@ -47,8 +52,11 @@ pub struct Pod {
 /// Everything a mount needs, validated.
 #[derive(Debug, Clone)]
 pub struct VolumeSpec {
-    /// Objects in the order given.
+    /// Objects named by the pod, in the order given.
     pub objects: Vec<ObjectSpec>,
+    /// Entries that select objects by name pattern and/or tags: listed and expanded into
+    /// objects while fetching, again at every refresh.
+    pub selections: Vec<Selection>,
     /// Token source.
     pub identity: Identity,
     /// AAD tenant (required for a service principal).
@@ -199,10 +207,11 @@ impl VolumeSpec {
             })
             .transpose()?;
 
-        let objects = objects::parse(&raw)?;
+        let (objects, selections) = objects::parse(&raw)?;
 
         Ok(VolumeSpec {
             objects,
+            selections,
             identity,
             tenant,
             cloud: raw.get("cloudname").map(str::to_string),
@@ -218,11 +227,13 @@ impl VolumeSpec {
         })
     }
 
-    /// Distinct vault names, in first-use order.
+    /// Distinct vault names, in first-use order: those of the named objects, then those the
+    /// selections list (the node policy checks every one).
     pub fn vaults(&self) -> Vec<&str> {
         let mut seen = BTreeSet::new();
         self.objects
             .iter()
+            .chain(self.selections.iter().map(|s| &s.template))
             .map(|o| o.vault.as_str())
             .filter(|v| seen.insert(*v))
             .collect()

@@ -2,13 +2,19 @@
 //! provider's `objects` JSON array — only collect each object's fields as written
 //! ([`ObjectFields`]); one builder validates them into an [`ObjectSpec`], so the two syntaxes
 //! cannot drift apart. File names come from one place, [`ObjectSpec::file_path`].
+//!
+//! An `objects` entry may also select objects instead of naming one (`objectNamePattern`,
+//! `objectTags`: a [`Selection`], expanded while fetching), or write single fields of a JSON
+//! secret (`jsonFields`).
 
 use crate::error::{printable, Error, Result};
-use crate::render::{ObjectKind, RenderOptions, SPLIT_SUFFIXES};
+use crate::render::fields::{check_pointer, JsonField};
+use crate::render::{ObjectKind, RenderOptions, RenderedFile, SPLIT_SUFFIXES};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::raw::{json_error_kind, json_type, RawOptions};
+use super::select::{check_tags, NamePattern, Selection};
 use super::values::{
     parse_bool, parse_encoding, parse_format, parse_kind, parse_mode, validate_file_name,
     validate_object_name, validate_vault_name, validate_version,
@@ -18,6 +24,8 @@ use super::values::{
 pub const MAX_OBJECTS: usize = 1000;
 /// The most versions `objectVersionHistory` may ask for.
 pub const MAX_VERSION_HISTORY: u32 = 50;
+/// The most `jsonFields` one entry may have.
+pub const MAX_JSON_FIELDS: usize = 256;
 
 /// One Key Vault object to fetch and the file(s) it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +48,11 @@ pub struct ObjectSpec {
     pub version_history: u32,
     /// A missing object (404) is skipped instead of failing the mount.
     pub optional: bool,
+    /// `jsonFields`: when given, only these fields of the (JSON) secret are written, each
+    /// as its own file.
+    pub json_fields: Vec<JsonField>,
+    /// The `objects` entry whose selection matched this object (`None`: named by the pod).
+    pub selected_by: Option<usize>,
 }
 
 impl ObjectSpec {
@@ -55,9 +68,29 @@ impl ObjectSpec {
         format!("{base}{}", suffix.unwrap_or(""))
     }
 
+    /// The path of one rendered file of version `index`: a `jsonFields` file is named by its
+    /// field's alias, any other by [`ObjectSpec::file_path`].
+    pub fn path_of(&self, index: usize, file: &RenderedFile) -> String {
+        match file.field.and_then(|k| self.json_fields.get(k)) {
+            Some(field) => field.file.clone(),
+            None => self.file_path(index, file.suffix),
+        }
+    }
+
+    /// How messages name it: `` `db` ``, or `` `app-db` (matched by objects[2]) ``.
+    pub fn who(&self) -> String {
+        match self.selected_by {
+            Some(entry) => format!("`{}` (matched by objects[{entry}])", self.name),
+            None => format!("`{}`", self.name),
+        }
+    }
+
     /// Every path this object may write (the most it can produce: a split secret that turns
     /// out not to be certificate-backed writes only the main file).
     pub fn file_paths(&self) -> Vec<String> {
+        if !self.json_fields.is_empty() {
+            return self.json_fields.iter().map(|f| f.file.clone()).collect();
+        }
         let suffixes: &[Option<&str>] = if self.render.split_cert_and_key {
             &[None, Some(SPLIT_SUFFIXES[0]), Some(SPLIT_SUFFIXES[1])]
         } else {
@@ -90,6 +123,15 @@ struct ObjectFields {
     version_history: Option<Value>,
     optional: Option<bool>,
     split: Option<bool>,
+    pattern: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    json_fields: Vec<JsonField>,
+}
+
+/// One validated entry: an object named by the pod, or a selection of objects.
+pub(super) enum Entry {
+    Object(ObjectSpec),
+    Select(Selection),
 }
 
 impl Origin {
@@ -105,12 +147,50 @@ impl Origin {
 
 impl ObjectFields {
     /// The one validation path: every field checked, defaults applied.
-    fn build(self, origin: Origin, default_vault: Option<&str>, split: bool) -> Result<ObjectSpec> {
-        let name = self.name.ok_or_else(|| match origin {
-            Origin::Array(i) => Error::options(format!("objects[{i}].objectName is required")),
-            Origin::List => Error::options("an item of keyvaultobjectnames is empty"),
-        })?;
-        validate_object_name(&name)?;
+    fn build(self, origin: Origin, default_vault: Option<&str>, split: bool) -> Result<Entry> {
+        let selecting = self.pattern.is_some() || self.tags.is_some();
+        let at = |field: &str| match origin {
+            Origin::Array(i) => format!("objects[{i}].{field}"),
+            Origin::List => field.to_string(),
+        };
+        // How messages name the entry: its object, or for a selection its place.
+        let name = match (self.name, selecting, origin) {
+            (Some(_), true, _) => {
+                return Err(Error::options(format!(
+                    "{} is given with objectNamePattern/objectTags: an entry either names one object or selects several, not both",
+                    at("objectName")
+                )))
+            }
+            (Some(name), false, _) => {
+                validate_object_name(&name)?;
+                name
+            }
+            (None, true, Origin::Array(i)) => format!("objects[{i}]"),
+            (None, _, Origin::Array(i)) => {
+                return Err(Error::options(format!(
+                    "objects[{i}].objectName is required (or objectNamePattern/objectTags to select objects)"
+                )))
+            }
+            (None, _, Origin::List) => {
+                return Err(Error::options("an item of keyvaultobjectnames is empty"))
+            }
+        };
+        if selecting {
+            // One file per match, named by the match: an alias or a pinned version would
+            // apply to every match alike.
+            for (field, given) in [
+                ("objectAlias", self.alias.is_some()),
+                ("objectVersion", self.version.is_some()),
+                ("jsonFields", !self.json_fields.is_empty()),
+            ] {
+                if given {
+                    return Err(Error::options(format!(
+                        "{} cannot be used with objectNamePattern/objectTags: each selected object is written under its own name, latest version; name the object with objectName instead",
+                        at(field)
+                    )));
+                }
+            }
+        }
         let vault = match self.vault {
             Some(v) => {
                 validate_vault_name(&v)?;
@@ -138,12 +218,39 @@ impl ObjectFields {
         if let Some(v) = &version {
             validate_version(&name, v)?;
         }
-        let file = self.alias.unwrap_or_else(|| name.clone());
-        validate_file_name(&name, &file)?;
+        let fields = !self.json_fields.is_empty();
+        if fields {
+            let refuse = |why: String| Err(Error::options(format!("{}: {why}", at("jsonFields"))));
+            if kind != ObjectKind::Secret {
+                return refuse(
+                    "fields are read from a secret's JSON value; objectType must be secret".into(),
+                );
+            }
+            if self.alias.is_some() {
+                return refuse("only the fields are written, each named by its own objectAlias: remove the entry's objectAlias (add the secret again as a plain entry to get the whole value)".into());
+            }
+            if self.format.is_some() || self.split == Some(true) {
+                return refuse(
+                    "objectFormat and splitCertAndKey do not apply: a JSON secret is a plain value"
+                        .into(),
+                );
+            }
+        }
+        let file = match selecting {
+            // Named by each match ([`Selection::object`]).
+            true => String::new(),
+            false => {
+                let file = self.alias.unwrap_or_else(|| name.clone());
+                validate_file_name(&name, &file)?;
+                file
+            }
+        };
         let render = RenderOptions {
             format: parse_format(&name, self.format.as_deref().unwrap_or_default())?,
             encoding: parse_encoding(&name, self.encoding.as_deref().unwrap_or_default())?,
-            split_cert_and_key: self.split.unwrap_or(split) && kind == ObjectKind::Secret,
+            split_cert_and_key: self.split.unwrap_or(split)
+                && kind == ObjectKind::Secret
+                && !fields,
         };
         crate::render::validate_options(kind, &render)
             .map_err(|e| Error::options(format!("object `{name}`: {e}")))?;
@@ -176,9 +283,15 @@ impl ObjectFields {
                 }
             }
         };
-        Ok(ObjectSpec {
+        if fields && version_history > 1 {
+            return Err(Error::options(format!(
+                "{}: objectVersionHistory does not apply; the fields are read from the latest (or pinned) version",
+                at("jsonFields")
+            )));
+        }
+        let object = ObjectSpec {
             vault,
-            name,
+            name: if selecting { String::new() } else { name },
             kind,
             version,
             file,
@@ -186,7 +299,32 @@ impl ObjectFields {
             permission,
             version_history,
             optional: self.optional.unwrap_or(false),
-        })
+            json_fields: self.json_fields,
+            selected_by: None,
+        };
+        if !selecting {
+            return Ok(Entry::Object(object));
+        }
+        let Origin::Array(entry) = origin else {
+            return Err(Error::options("a selection needs the `objects` array"));
+        };
+        let pattern = self
+            .pattern
+            .map(|p| NamePattern::new(&at("objectNamePattern"), &p))
+            .transpose()?;
+        let tags = match self.tags {
+            Some(tags) => {
+                check_tags(&at("objectTags"), &tags)?;
+                tags
+            }
+            None => BTreeMap::new(),
+        };
+        Ok(Entry::Select(Selection {
+            entry,
+            pattern,
+            tags,
+            template: object,
+        }))
     }
 }
 
@@ -204,8 +342,9 @@ pub(super) const LIST_KEYS: &[&str] = &[
     "keyvaultobjectpermissions",
 ];
 
-/// The objects of a volume, from whichever syntax the options use.
-pub(super) fn parse(raw: &RawOptions) -> Result<Vec<ObjectSpec>> {
+/// The objects of a volume, from whichever syntax the options use: those named, and the
+/// selections (expanded while fetching).
+pub(super) fn parse(raw: &RawOptions) -> Result<(Vec<ObjectSpec>, Vec<Selection>)> {
     let split = raw.bool("keyvaultsplitcertfiles")?;
     let default_vault = raw.get("keyvaultname");
     let (origins, fields): (Vec<Origin>, Vec<ObjectFields>) = match raw.get("objects") {
@@ -232,13 +371,16 @@ pub(super) fn parse(raw: &RawOptions) -> Result<Vec<ObjectSpec>> {
             (vec![Origin::List; fields.len()], fields)
         }
     };
-    let objects = fields
-        .into_iter()
-        .zip(origins)
-        .map(|(f, origin)| f.build(origin, default_vault, split))
-        .collect::<Result<Vec<_>>>()?;
+    let mut objects = Vec::new();
+    let mut selections = Vec::new();
+    for (f, origin) in fields.into_iter().zip(origins) {
+        match f.build(origin, default_vault, split)? {
+            Entry::Object(o) => objects.push(o),
+            Entry::Select(s) => selections.push(s),
+        }
+    }
     check_unique_files(&objects)?;
-    Ok(objects)
+    Ok((objects, selections))
 }
 
 fn too_many(count: usize) -> Result<()> {
@@ -379,6 +521,9 @@ fn array_item(i: usize, item: Value) -> Result<ObjectFields> {
         "keyvaultname",
         "optional",
         "splitcertandkey",
+        "objectnamepattern",
+        "objecttags",
+        "jsonfields",
     ];
     let at = format!("objects[{i}]");
     let Value::Object(members) = item else {
@@ -392,7 +537,7 @@ fn array_item(i: usize, item: Value) -> Result<ObjectFields> {
         let lower = k.to_ascii_lowercase();
         if !FIELDS.contains(&lower.as_str()) {
             return Err(Error::options(format!(
-                "{at} has unknown field `{}`; known: objectName, objectAlias, objectType, objectVersion, objectFormat, objectEncoding, filePermission, objectVersionHistory, keyvaultName, optional, splitCertAndKey",
+                "{at} has unknown field `{}`; known: objectName, objectNamePattern, objectTags, objectAlias, objectType, objectVersion, objectFormat, objectEncoding, filePermission, objectVersionHistory, keyvaultName, optional, splitCertAndKey, jsonFields",
                 printable(&k)
             )));
         }
@@ -433,20 +578,147 @@ fn array_item(i: usize, item: Value) -> Result<ObjectFields> {
         version_history: f.get("objectversionhistory").cloned(),
         optional: flag("optional", "optional")?,
         split: flag("splitcertandkey", "splitCertAndKey")?,
+        // Not trimmed: spaces may be part of a pattern.
+        pattern: match f.get("objectnamepattern") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(Error::options(format!(
+                    "{at}.objectNamePattern must be a string, found {}",
+                    json_type(other)
+                )))
+            }
+        },
+        tags: f
+            .get("objecttags")
+            .map(|v| object_tags(&at, v))
+            .transpose()?
+            .flatten(),
+        json_fields: f
+            .get("jsonfields")
+            .map(|v| json_fields(&at, v))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
-/// Two objects writing one file would silently lose one; v0.0.17 let the last win.
-fn check_unique_files(objects: &[ObjectSpec]) -> Result<()> {
-    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+/// `objectTags`: a JSON object of strings.
+fn object_tags(at: &str, v: &Value) -> Result<Option<BTreeMap<String, String>>> {
+    let members = match v {
+        Value::Null => return Ok(None),
+        Value::Object(m) => m,
+        other => {
+            return Err(Error::options(format!(
+                "{at}.objectTags must be a JSON object of tag names and values, found {}",
+                json_type(other)
+            )))
+        }
+    };
+    members
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            other => Err(Error::options(format!(
+                "{at}.objectTags \"{}\" must be a string, found {}",
+                printable(k),
+                json_type(other)
+            ))),
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// `jsonFields`: `[{"pointer": "/username", "objectAlias": "db-user"}, …]`.
+fn json_fields(at: &str, v: &Value) -> Result<Vec<JsonField>> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) if !items.is_empty() => items,
+        other => {
+            return Err(Error::options(format!(
+                "{at}.jsonFields must be a non-empty JSON array of {{\"pointer\": \"/field\", \"objectAlias\": \"file\"}}, found {}",
+                json_type(other)
+            )))
+        }
+    };
+    if items.len() > MAX_JSON_FIELDS {
+        return Err(Error::options(format!(
+            "{at}.jsonFields has {} items; at most {MAX_JSON_FIELDS}",
+            items.len()
+        )));
+    }
+    let mut fields: Vec<JsonField> = Vec::with_capacity(items.len());
+    for (k, item) in items.iter().enumerate() {
+        let here = format!("{at}.jsonFields[{k}]");
+        let Value::Object(members) = item else {
+            return Err(Error::options(format!(
+                "{here} must be a JSON object with `pointer` and `objectAlias`, found {}",
+                json_type(item)
+            )));
+        };
+        let (mut pointer, mut alias) = (None, None);
+        for (key, value) in members {
+            let slot = match key.to_ascii_lowercase().as_str() {
+                "pointer" => &mut pointer,
+                "objectalias" => &mut alias,
+                _ => {
+                    return Err(Error::options(format!(
+                        "{here} has unknown field `{}`; known: pointer, objectAlias",
+                        printable(key)
+                    )))
+                }
+            };
+            let Value::String(text) = value else {
+                return Err(Error::options(format!(
+                    "{here}.{} must be a string, found {}",
+                    printable(key),
+                    json_type(value)
+                )));
+            };
+            *slot = Some(text.clone());
+        }
+        let pointer = pointer.ok_or_else(|| {
+            Error::options(format!(
+                "{here}.pointer is required: a JSON Pointer such as \"/username\""
+            ))
+        })?;
+        check_pointer(&pointer).map_err(|why| {
+            Error::options(format!(
+                "{here}.pointer \"{}\" is not a JSON Pointer (RFC 6901): it {why}",
+                printable(&pointer)
+            ))
+        })?;
+        let file = alias
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                Error::options(format!(
+                    "{here}.objectAlias is required: the file the field is written to"
+                ))
+            })?;
+        validate_file_name(&pointer, &file)?;
+        if fields.iter().any(|f| f.file == file) {
+            return Err(Error::options(format!(
+                "{here}.objectAlias \"{}\" is already the file of another field; give each field its own",
+                printable(&file)
+            )));
+        }
+        fields.push(JsonField { pointer, file });
+    }
+    Ok(fields)
+}
+
+/// Two objects writing one file would silently lose one; v0.0.17 let the last win. Also run
+/// on a volume's objects once its selections are expanded.
+pub fn check_unique_files(objects: &[ObjectSpec]) -> Result<()> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for o in objects {
         // A version history also occupies its directory name.
         let dir = (o.version_history > 1).then(|| o.file.clone());
         for file in o.file_paths().into_iter().chain(dir) {
-            if let Some(other) = seen.insert(file.clone(), &o.name) {
+            if let Some(other) = seen.insert(file.clone(), o.who()) {
                 return Err(Error::options(format!(
-                    "objects `{other}` and `{}` would both write the file \"{}\"; give one an alias",
-                    o.name,
+                    "objects {other} and {} would both write the file \"{}\"; give one an alias, or narrow the selection",
+                    o.who(),
                     printable(&file)
                 )));
             }

@@ -636,3 +636,198 @@ fn certificate_service_principal_from_pem_and_pfx() {
     });
     assert!(!e.message().contains("not pem"), "{e}");
 }
+
+fn with_objects(objects: Value) -> impl FnOnce(&mut serde_json::Map<String, Value>) {
+    move |m| {
+        m.remove("keyvaultobjectnames");
+        m.remove("keyvaultobjecttypes");
+        m.insert("objects".into(), objects.to_string().into());
+    }
+}
+
+#[test]
+fn selection_entries_parse_with_the_fields_of_a_named_entry() {
+    let spec = parse_with(with_objects(serde_json::json!([
+        {"objectName": "db", "objectType": "secret"},
+        {"objectNamePattern": "app-.*", "objectType": "secret", "filePermission": "0400"},
+        {"objectTags": {"team": "a", "env": "prod"}, "objectType": "cert", "objectFormat": "der",
+         "keyvaultName": "kvother", "optional": true},
+        {"objectNamePattern": "web-[0-9]+", "objectTags": {"team": "a"}, "objectType": "secret",
+         "splitCertAndKey": true}
+    ])))
+    .unwrap();
+    assert_eq!(spec.objects.len(), 1);
+    assert_eq!(spec.selections.len(), 3);
+    let [by_name, by_tags, both] = &spec.selections[..] else {
+        unreachable!()
+    };
+    assert_eq!(by_name.entry, 1);
+    assert!(by_name.selects("app-db", |_| None));
+    assert!(!by_name.selects("my-app-db", |_| None), "whole names only");
+    assert_eq!(by_name.template.permission, Some(0o400));
+    assert!(by_tags.selects("anything", |k| match k {
+        "team" => Some("a"),
+        "env" => Some("prod"),
+        _ => None,
+    }));
+    assert!(
+        !by_tags.selects("anything", |k| (k == "team").then_some("a")),
+        "every tag must be present"
+    );
+    assert!(
+        !by_tags.selects("x", |_| Some("A")),
+        "values compare exactly"
+    );
+    assert_eq!(by_tags.template.kind, ObjectKind::Cert);
+    assert_eq!(by_tags.template.render.format, Some(Format::Der));
+    assert!(by_tags.template.optional);
+    assert!(both.selects("web-1", |_| Some("a")));
+    assert!(!both.selects("web-x", |_| Some("a")));
+    // A match is an entry by name: its file is its name, its fields the entry's.
+    let o = both.object("web-1");
+    assert_eq!((o.name.as_str(), o.file.as_str()), ("web-1", "web-1"));
+    assert!(o.render.split_cert_and_key);
+    assert_eq!(o.selected_by, Some(3));
+    assert_eq!(
+        o.file_paths(),
+        ["web-1", "web-1.crt", "web-1.key"],
+        "same paths as by name"
+    );
+    // The node policy sees every vault a selection lists.
+    assert_eq!(spec.vaults(), ["kvdemo", "kvother"]);
+    assert!(
+        both.describe()
+            .starts_with("objects[3] (objectNamePattern \"web-[0-9]+\", objectTags"),
+        "{}",
+        both.describe()
+    );
+}
+
+#[test]
+fn selection_entries_refuse_what_cannot_apply_to_every_match() {
+    for (entry, want) in [
+        (
+            serde_json::json!({"objectNamePattern": "a.*", "objectType": "secret", "objectAlias": "x"}),
+            "objects[0].objectAlias cannot be used with objectNamePattern/objectTags",
+        ),
+        (
+            serde_json::json!({"objectTags": {"t": "v"}, "objectType": "secret", "objectVersion": "0123456789abcdef0123456789abcdef"}),
+            "objects[0].objectVersion cannot be used",
+        ),
+        (
+            serde_json::json!({"objectNamePattern": "a.*", "objectType": "secret", "jsonFields": [{"pointer": "/a", "objectAlias": "a"}]}),
+            "objects[0].jsonFields cannot be used",
+        ),
+        (
+            serde_json::json!({"objectName": "a", "objectNamePattern": "a.*", "objectType": "secret"}),
+            "either names one object or selects several",
+        ),
+        (
+            serde_json::json!({"objectNamePattern": "a)|(b", "objectType": "secret"}),
+            "objects[0].objectNamePattern \"a)|(b\" is not a valid regular expression",
+        ),
+        (
+            serde_json::json!({"objectNamePattern": "\\w{1000}{1000}", "objectType": "secret"}),
+            "compiles to more than",
+        ),
+        (
+            serde_json::json!({"objectNamePattern": 5, "objectType": "secret"}),
+            "objects[0].objectNamePattern must be a string",
+        ),
+        (
+            serde_json::json!({"objectTags": {}, "objectType": "secret"}),
+            "objects[0].objectTags is empty: list at least one tag",
+        ),
+        (
+            serde_json::json!({"objectTags": ["t"], "objectType": "secret"}),
+            "objects[0].objectTags must be a JSON object",
+        ),
+        (
+            serde_json::json!({"objectTags": {"t": 1}, "objectType": "secret"}),
+            "objects[0].objectTags \"t\" must be a string",
+        ),
+        (
+            serde_json::json!({"objectNamePattern": "a.*"}),
+            "objects[0].objectType is required",
+        ),
+        (
+            serde_json::json!({"objectType": "secret"}),
+            "objects[0].objectName is required (or objectNamePattern/objectTags",
+        ),
+    ] {
+        let e = err_with(with_objects(serde_json::json!([entry])));
+        assert!(e.message().contains(want), "{entry}: {e}");
+        assert!(!e.message().contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn json_fields_name_their_own_files() {
+    let spec = parse_with(with_objects(serde_json::json!([
+        {"objectName": "db", "objectType": "secret", "filePermission": "0400",
+         "jsonFields": [{"pointer": "/username", "objectAlias": "db-user"},
+                        {"Pointer": "/a~1b/0", "ObjectAlias": "first"}]},
+        {"objectName": "db", "objectType": "secret"}
+    ])))
+    .unwrap();
+    let o = &spec.objects[0];
+    assert_eq!(o.file_paths(), ["db-user", "first"]);
+    assert_eq!(o.json_fields[1].pointer, "/a~1b/0");
+    assert_eq!(
+        spec.objects[1].file_paths(),
+        ["db"],
+        "the whole value, again"
+    );
+    // Split files never apply to a JSON secret, even volume-wide.
+    let spec = parse_with(|m| {
+        with_objects(
+            serde_json::json!([{"objectName": "db", "objectType": "secret",
+            "jsonFields": [{"pointer": "/u", "objectAlias": "u"}]}]),
+        )(m);
+        m.insert("keyvaultsplitcertfiles".into(), "true".into());
+    })
+    .unwrap();
+    assert_eq!(spec.objects[0].file_paths(), ["u"]);
+}
+
+#[test]
+fn json_fields_refuse_bad_pointers_aliases_and_combinations() {
+    let field = |f: Value| serde_json::json!({"objectName": "db", "objectType": "secret", "jsonFields": [f]});
+    for (entry, want) in [
+        (field(serde_json::json!({"pointer": "username", "objectAlias": "u"})), "objects[0].jsonFields[0].pointer \"username\" is not a JSON Pointer (RFC 6901): it must start with '/'"),
+        (field(serde_json::json!({"pointer": "/a~2", "objectAlias": "u"})), "'~' not followed by 0 or 1"),
+        (field(serde_json::json!({"pointer": "/a"})), "objects[0].jsonFields[0].objectAlias is required"),
+        (field(serde_json::json!({"objectAlias": "u"})), "objects[0].jsonFields[0].pointer is required"),
+        (field(serde_json::json!({"pointer": "/a", "objectAlias": "../etc/passwd"})), "is not a single safe file name"),
+        (field(serde_json::json!({"pointer": "/a", "objectAlias": "u", "mode": "0400"})), "unknown field `mode`; known: pointer, objectAlias"),
+        (field(serde_json::json!({"pointer": 1, "objectAlias": "u"})), "objects[0].jsonFields[0].pointer must be a string"),
+        (field(serde_json::json!("/a")), "objects[0].jsonFields[0] must be a JSON object"),
+        (serde_json::json!({"objectName": "db", "objectType": "secret", "jsonFields": []}), "must be a non-empty JSON array"),
+        (serde_json::json!({"objectName": "db", "objectType": "secret", "jsonFields": [
+            {"pointer": "/a", "objectAlias": "u"}, {"pointer": "/b", "objectAlias": "u"}]}), "jsonFields[1].objectAlias \"u\" is already the file of another field"),
+        (serde_json::json!({"objectName": "db", "objectType": "key", "jsonFields": [{"pointer": "/a", "objectAlias": "u"}]}), "objectType must be secret"),
+        (serde_json::json!({"objectName": "db", "objectType": "secret", "objectAlias": "x", "jsonFields": [{"pointer": "/a", "objectAlias": "u"}]}), "remove the entry's objectAlias"),
+        (serde_json::json!({"objectName": "db", "objectType": "secret", "objectFormat": "pfx", "jsonFields": [{"pointer": "/a", "objectAlias": "u"}]}), "objectFormat and splitCertAndKey do not apply"),
+        (serde_json::json!({"objectName": "db", "objectType": "secret", "objectVersionHistory": 2, "jsonFields": [{"pointer": "/a", "objectAlias": "u"}]}), "objectVersionHistory does not apply"),
+    ] {
+        let e = err_with(with_objects(serde_json::json!([entry])));
+        assert!(e.message().contains(want), "{entry}: {e}");
+    }
+    let many: Vec<Value> = (0..=crate::options::MAX_JSON_FIELDS)
+        .map(|i| serde_json::json!({"pointer": format!("/{i}"), "objectAlias": format!("f{i}")}))
+        .collect();
+    let e = err_with(with_objects(serde_json::json!([
+        {"objectName": "db", "objectType": "secret", "jsonFields": many}
+    ])));
+    assert!(e.message().contains("at most 256"), "{e}");
+    // A field's file collides with another entry's file: both are named.
+    let e = err_with(with_objects(serde_json::json!([
+        {"objectName": "db", "objectType": "secret", "jsonFields": [{"pointer": "/u", "objectAlias": "user"}]},
+        {"objectName": "user", "objectType": "secret"}
+    ])));
+    assert!(
+        e.message()
+            .contains("objects `db` and `user` would both write the file \"user\""),
+        "{e}"
+    );
+}

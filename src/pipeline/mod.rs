@@ -1,9 +1,14 @@
 //! The data path of one volume, shared by `kv mount`, `kv fetch` and `kv doctor`:
 //!
 //! ```text
-//! resolve (policy, cloud; no I/O) → fetch (token + objects, in memory) → layout (paths, modes,
-//! ownership, tmpfs size) → write (a tmpfs at the mount dir, or a plain directory)
+//! resolve (policy, cloud; no I/O) → fetch (token, selections listed and expanded, objects; in
+//! memory) → layout (paths, modes, ownership, tmpfs size) → write (a tmpfs at the mount dir, or
+//! a plain directory)
 //! ```
+//!
+//! Selections (`objectNamePattern`, `objectTags`) expand inside fetch, into the same
+//! [`ObjectSpec`]s as objects named by the pod: `kv agent` re-runs fetch at every refresh, so it
+//! lists again and follows what matches.
 //!
 //! Nothing touches the node until every object is fetched and rendered, so a vault error leaves
 //! nothing behind. Each step is a function the front-ends (`crate::cmd`) call in order; the
@@ -58,13 +63,23 @@ pub fn use_pod_token(spec: &mut VolumeSpec, mount_dir: &std::path::Path) -> Resu
     Ok(())
 }
 
-/// Step 2: fetches and renders every object of `spec` into memory.
+/// What fetch produced: the volume's objects (those named, then every selection's matches)
+/// and each one's rendered files.
+pub struct FetchedVolume {
+    /// The objects, selections expanded; [`FetchedObject::index`] points into it.
+    pub objects: Vec<ObjectSpec>,
+    /// The rendered files of each object.
+    pub fetched: Vec<FetchedObject>,
+}
+
+/// Step 2: lists what the selections select, then fetches and renders every object of `spec`
+/// into memory.
 pub fn fetch(
     spec: &VolumeSpec,
     cloud: &Cloud,
     config: &NodeConfig,
     deadline: Deadline,
-) -> Result<Vec<FetchedObject>> {
+) -> Result<FetchedVolume> {
     fetch_on(
         spec,
         cloud,
@@ -81,7 +96,7 @@ pub fn fetch_on(
     config: &NodeConfig,
     deadline: Deadline,
     node: crate::auth::Node,
-) -> Result<Vec<FetchedObject>> {
+) -> Result<FetchedVolume> {
     block_on(async {
         let http = crate::http::client()?;
         let provider = Provider::on_node(
@@ -110,7 +125,12 @@ pub fn fetch_on(
                 max_files: config.max_files_per_volume(),
             },
         };
-        let result = fetcher.fetch_all(&spec.objects).await;
+        let result = async {
+            let objects = fetcher.expand(&spec.objects, &spec.selections).await?;
+            let fetched = fetcher.fetch_all(&objects).await?;
+            Ok(FetchedVolume { objects, fetched })
+        }
+        .await;
         prefetch.abort();
         result
     })
@@ -145,14 +165,11 @@ pub fn mode_of(spec: &VolumeSpec, object: &ObjectSpec) -> u32 {
 }
 
 /// Step 3: paths, modes, ownership and the tmpfs size of the fetched files.
-pub fn layout(
-    spec: &VolumeSpec,
-    fetched: Vec<FetchedObject>,
-    config: &NodeConfig,
-) -> Result<Layout> {
+pub fn layout(spec: &VolumeSpec, fetched: FetchedVolume, config: &NodeConfig) -> Result<Layout> {
     let mut files = Vec::new();
-    for object in fetched {
-        let mode = mode_of(spec, &spec.objects[object.index]);
+    for object in fetched.fetched {
+        let permission = fetched.objects.get(object.index).and_then(|o| o.permission);
+        let mode = permission.unwrap_or_else(|| default_mode(spec));
         for (path, rendered) in object.files {
             files.push(VolumeFile {
                 path,
@@ -236,6 +253,32 @@ pub fn plan<'a>(spec: &'a VolumeSpec, cloud: &Cloud) -> Vec<PlannedObject<'a>> {
             ),
             files: o.file_paths(),
             mode: mode_of(spec, o),
+        })
+        .collect()
+}
+
+/// One selection as a dry run shows it: the listing it makes, and what each match becomes.
+pub struct PlannedSelection<'a> {
+    /// The selection.
+    pub selection: &'a crate::options::Selection,
+    /// The Key Vault list URL (followed page by page through `nextLink`).
+    pub url: String,
+    /// The mode of every match's files.
+    pub mode: u32,
+}
+
+/// The listings [`fetch`] will make for `spec`'s selections, without any request.
+pub fn plan_selections<'a>(spec: &'a VolumeSpec, cloud: &Cloud) -> Vec<PlannedSelection<'a>> {
+    spec.selections
+        .iter()
+        .map(|s| PlannedSelection {
+            selection: s,
+            url: format!(
+                "{}{}",
+                cloud.vault_url(&s.template.vault),
+                crate::keyvault::plural(s.template.kind)
+            ),
+            mode: mode_of(spec, &s.template),
         })
         .collect()
 }

@@ -92,12 +92,14 @@ pub(crate) fn render(
         if let Some((keys, certs)) = pems {
             files.push(RenderedFile {
                 suffix: Some(super::SPLIT_SUFFIXES[0]),
+                field: None,
                 bytes: certs,
             });
             // A certificate with a non-exportable key has no key to write.
             if !keys.is_empty() {
                 files.push(RenderedFile {
                     suffix: Some(super::SPLIT_SUFFIXES[1]),
+                    field: None,
                     bytes: keys,
                 });
             }

@@ -16,6 +16,7 @@
 mod asn1;
 mod bundle;
 mod chain;
+pub mod fields;
 mod key;
 mod pem;
 mod pkcs12;
@@ -132,6 +133,9 @@ pub struct RenderedFile {
     /// `None` for the main file (named after the alias or object), else the suffix
     /// appended to that name (`.crt`, `.key`).
     pub suffix: Option<&'static str>,
+    /// For a `jsonFields` file: which field (an index into the object's fields), whose alias
+    /// names the file instead.
+    pub field: Option<usize>,
     /// The file's content; zeroed when dropped because it may hold a private key.
     pub bytes: Zeroizing<Vec<u8>>,
 }
@@ -140,6 +144,7 @@ impl RenderedFile {
     fn main(bytes: Zeroizing<Vec<u8>>) -> Self {
         RenderedFile {
             suffix: None,
+            field: None,
             bytes,
         }
     }
@@ -150,6 +155,7 @@ impl fmt::Debug for RenderedFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RenderedFile")
             .field("suffix", &self.suffix)
+            .field("field", &self.field)
             .field("len", &self.bytes.len())
             .finish()
     }

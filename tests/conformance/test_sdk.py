@@ -222,6 +222,49 @@ def test_service_principal_reads_secret():
     assert SecretClient(VAULT, cred, api_version=API).get_secret("unicode").value == "pässwörd ✓ 密码 🔑"
 
 
+def test_list_properties_of_secrets(secrets):
+    # Key Vault's list shape: every secret once (certificate-backed ones too), no value, an id
+    # without a version, tags, disabled ones marked; pages chained through nextLink.
+    vault = SCENARIO["vaults"][0]
+    want = {s["name"] for s in vault["secrets"]} | {c["name"] for c in vault["certificates"]}
+    listed = {p.name: p for p in secrets.list_properties_of_secrets()}
+    assert set(listed) == want
+    db = listed["db-password"]
+    assert db.tags == {"app": "demo"}
+    assert db.content_type == "text/plain"
+    assert db.enabled is True
+    assert db.version is None
+    assert db.vault_url == VAULT
+    assert listed["disabled-secret"].enabled is False
+    assert listed["web-cert"].managed is True
+    pages = [list(page) for page in secrets.list_properties_of_secrets(max_page_size=3).by_page()]
+    assert len(pages) == -(-len(want) // 3)
+    assert all(1 <= len(p) <= 3 for p in pages)
+    assert sorted(p.name for page in pages for p in page) == sorted(want)
+
+
+def test_list_needs_the_list_permission(system_mi):
+    # The system identity may only get secrets of the second vault.
+    client = SecretClient(OTHER_VAULT, system_mi, api_version=API)
+    with pytest.raises(HttpResponseError) as e:
+        list(client.list_properties_of_secrets())
+    assert e.value.status_code == 403
+    assert "does not have secrets list permission" in str(e.value)
+
+
+def test_list_properties_of_keys_and_certificates(keys, certs):
+    vault = SCENARIO["vaults"][0]
+    # A certificate's key is listed too, as managed.
+    listed_keys = {k.name: k for k in keys.list_properties_of_keys(max_page_size=1)}
+    certificates = {c["name"] for c in vault["certificates"]}
+    assert set(listed_keys) == {k["name"] for k in vault["keys"]} | certificates
+    assert all(listed_keys[c].managed for c in certificates)
+    listed = {c.name: c for c in certs.list_properties_of_certificates()}
+    assert set(listed) == {c["name"] for c in vault["certificates"]}
+    for name, props in listed.items():
+        assert props.x509_thumbprint == certs.get_certificate(name).properties.x509_thumbprint
+
+
 # --- keys --------------------------------------------------------------------------------
 
 
