@@ -13,6 +13,12 @@ fn err(status: u16, e: &str, d: &str) -> Resp {
     )
 }
 
+/// A selector's value; an empty one (`client_id=`) is an absent one, as on real IMDS:
+/// azidentity (the CSI driver's Azure provider) sends it empty for the system identity.
+fn selector<'r>(r: &'r Req, key: &str) -> Option<&'r str> {
+    r.q(key).filter(|v| !v.is_empty())
+}
+
 /// Find the VM identity a request selects (none of the selectors = system identity).
 pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> {
     let not_found = || err(400, "invalid_request", "Identity not found");
@@ -34,13 +40,13 @@ pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> 
             .find(|i| pred(i))
             .ok_or_else(not_found)
     };
-    if let Some(cid) = r.q("client_id") {
+    if let Some(cid) = selector(r, "client_id") {
         return user(&|i| i.spec.client_id.eq_ignore_ascii_case(cid));
     }
-    if let Some(oid) = r.q("object_id") {
+    if let Some(oid) = selector(r, "object_id") {
         return user(&|i| i.object_id.eq_ignore_ascii_case(oid));
     }
-    if let Some(rid) = r.q("msi_res_id").or_else(|| r.q("mi_res_id")) {
+    if let Some(rid) = selector(r, "msi_res_id").or_else(|| selector(r, "mi_res_id")) {
         return user(&|i| {
             i.spec
                 .msi_res_id
@@ -85,7 +91,7 @@ pub fn handle(state: &State, r: &Req) -> Resp {
     };
     let id = match select(state, r) {
         Ok(i) => i,
-        Err(e) => return e.with_identity(r.q("client_id").map(str::to_string)),
+        Err(e) => return e.with_identity(selector(r, "client_id").map(str::to_string)),
     };
     if cloud_by_resource(resource).is_none() {
         return err(

@@ -247,12 +247,20 @@ async fn imds_tokens_and_errors() {
     assert_eq!(v["client_id"], SYSTEM);
     assert_eq!(v["refresh_token"], "");
     assert_eq!(v["resource"], "https://vault.azure.net");
-    // user-assigned by client_id, object_id, msi_res_id, mi_res_id
-    for q in [
-        format!("client_id={USER}"),
-        "object_id=00000000-0000-0000-0000-00000000b002".to_string(),
-        "msi_res_id=%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2FresourceGroups%2Frg%2Fproviders%2FMicrosoft.ManagedIdentity%2FuserAssignedIdentities%2Fkv-user".to_string(),
-        "mi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user".to_string(),
+    // user-assigned by client_id, object_id, msi_res_id, mi_res_id; an empty selector is an
+    // absent one (azidentity, the CSI driver's Azure provider, sends `client_id=` for the
+    // system-assigned identity, which IMDS serves)
+    for (q, want) in [
+        (format!("client_id={USER}"), USER),
+        ("object_id=00000000-0000-0000-0000-00000000b002".to_string(), USER),
+        ("msi_res_id=%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2FresourceGroups%2Frg%2Fproviders%2FMicrosoft.ManagedIdentity%2FuserAssignedIdentities%2Fkv-user".to_string(), USER),
+        ("mi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user".to_string(), USER),
+        ("client_id=".to_string(), SYSTEM),
+        ("object_id=".to_string(), SYSTEM),
+        ("msi_res_id=".to_string(), SYSTEM),
+        ("mi_res_id=".to_string(), SYSTEM),
+        ("client_id=&object_id=&msi_res_id=".to_string(), SYSTEM),
+        ("client_id=&object_id=00000000-0000-0000-0000-00000000b002".to_string(), USER),
     ] {
         let r = t
             .http
@@ -262,7 +270,7 @@ async fn imds_tokens_and_errors() {
             .await
             .expect("send");
         assert_eq!(r.status(), 200, "{q}");
-        assert_eq!(j(&r.text().await.expect("body"))["client_id"], USER, "{q}");
+        assert_eq!(j(&r.text().await.expect("body"))["client_id"], want, "{q}");
     }
     // unknown identity / service principal / identity not attached to the VM (by resource id)
     for q in [

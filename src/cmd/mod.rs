@@ -1,6 +1,6 @@
 //! Front-ends: argv → one verb. FlexVolume verbs are matched by hand, exactly as kubelet sends
 //! them ([`flexvolume`]); anything else kubelet might send answers "Not supported". Operator
-//! commands (`kv fetch`, `kv doctor`, `kv logs`, `kv install`, `kv --version`) are for humans,
+//! commands (`kv fetch`, `kv doctor`, `kv logs`, `kv install`, `kv manifest`, `kv --version`) are for humans,
 //! parsed with clap, and print text. Every front-end is thin: the work is in
 //! [`crate::pipeline`], [`crate::volume`] and [`crate::install`].
 
@@ -10,6 +10,7 @@ pub mod fetch;
 mod flexvolume;
 mod input;
 pub mod logs;
+pub mod manifest;
 
 use crate::config::NodeConfig;
 use crate::reply::Reply;
@@ -25,7 +26,7 @@ pub enum Outcome {
 
 /// Commands for people (not kubelet): they may print text and progress.
 const OPERATOR_COMMANDS: &[&str] = &[
-    "install", "fetch", "doctor", "logs", "agent", "help", "--help", "-h",
+    "install", "fetch", "doctor", "logs", "agent", "manifest", "help", "--help", "-h",
 ];
 
 /// Whether kubelet (not a person) is calling: then stderr is redirected before anything runs.
@@ -52,6 +53,9 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Keep rotating volumes in step with Key Vault (`--once`: refresh all now; `status`).
     Agent(agent::AgentArgs),
+    /// Print Kubernetes objects for using kv (`pv`: a PersistentVolume + claim for namespaces
+    /// that refuse inline flexVolumes).
+    Manifest(manifest::ManifestArgs),
 }
 
 fn operator(args: Vec<OsString>) -> Outcome {
@@ -69,6 +73,7 @@ fn operator(args: Vec<OsString>) -> Outcome {
         Command::Doctor(a) => doctor::run(a),
         Command::Logs(a) => logs::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Manifest(a) => manifest::run(a),
     };
     Outcome::Text(text, code)
 }

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -20,6 +21,9 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LC = str(ROOT / "scripts" / "local-cluster")
 STATE = pathlib.Path("/var/lib/kv-local")
+# kv's node state on the cluster's node: /run/kv, a tmpfs of the cluster's mount namespace (not
+# the machine's /run/kv): read it through Cluster.holder_path.
+KV_STATE = pathlib.Path("/run/kv")
 NS = "kv-e2e"
 EXAMPLE = ROOT / "emulator" / "scenarios" / "example.json"
 IMAGE = "kv-local/busybox:latest"
@@ -66,6 +70,14 @@ def base_scenario():
     return doc
 
 
+def pytest_collection_modifyitems(items):
+    """Files run in the order of their number (test_10 after test_9), tests in file order."""
+    def number(item):
+        m = re.match(r"test_(\d+)_", item.path.name)
+        return int(m.group(1)) if m else 0
+    items.sort(key=number)
+
+
 def run(args, *, input=None, check=True, timeout=300):
     r = subprocess.run(args, input=input, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
@@ -80,6 +92,9 @@ class Cluster:
     # --- kubectl -------------------------------------------------------------------------
     def kubectl(self, *args, input=None, check=True, timeout=300):
         return run([LC, "kubectl", *args], input=input, check=check, timeout=timeout).stdout
+
+    def helm(self, *args, check=True, timeout=300):
+        return run([LC, "helm", *args], check=check, timeout=timeout)
 
     def apply(self, docs):
         text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
@@ -140,9 +155,36 @@ class Cluster:
     def holder(self):
         return (STATE / "run" / "holder.pid").read_text().strip()
 
+    def holder_path(self, path):
+        """`path` as the node sees it (kv's tmpfs mounts exist only in the cluster's mount
+        namespace)."""
+        return pathlib.Path(f"/proc/{self.holder()}/root") / pathlib.Path(path).relative_to("/")
+
     def mountinfo(self):
         """The mount table kubelet, containerd and kv share (the cluster's mount namespace)."""
         return pathlib.Path(f"/proc/{self.holder()}/mountinfo").read_text()
+
+    def daemonset_pods(self, name, ns="kv-system"):
+        return json.loads(self.kubectl("-n", ns, "get", "pods", "-l", f"app.kubernetes.io/name={name}",
+                                       "-o", "json"))["items"]
+
+    def records_naming(self, uid):
+        """The agent's rotation records (kv.json stateDir, the cluster's own /run/kv) that name
+        a pod uid."""
+        d = self.holder_path(KV_STATE / "volumes")
+        return [p for p in d.iterdir() if p.is_file() and uid.encode() in p.read_bytes()] if d.is_dir() else []
+
+    def agent_mountinfo(self):
+        """The mount table of the kv-agent container's process: [(mount point, options)]."""
+        want = b"/kv\0agent\0--config\0/flexvolume/azure~kv/kv.json\0"
+        pids = [p.name for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()
+                and _read(p / "cmdline") == want]
+        assert len(pids) == 1, f"expected one kv agent process, found {pids}"
+        out = []
+        for line in _read(pathlib.Path("/proc") / pids[0] / "mountinfo").decode().splitlines():
+            f = line.split(" ")
+            out.append((f[4], f[5]))
+        return out
 
     def kv_mounts(self):
         return [line for line in self.mountinfo().splitlines() if "azure~kv" in line and " tmpfs " in line]
@@ -165,6 +207,13 @@ class Cluster:
         run([LC, "emulator", "--scenario", str(path)])
 
 
+def _read(path):
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture(scope="session")
 def cluster():
     c = Cluster()
@@ -182,6 +231,9 @@ def cluster():
             if r.returncode != 0:
                 raise AssertionError(f"scripts/local-cluster up failed:\n{r.stdout}\n{r.stderr}")
             started = True
+            # A shell error during `up` (a comment's backticks in an unquoted heredoc ran
+            # `down`) would not fail it: the output must be clean.
+            assert "command not found" not in r.stderr, r.stderr
         c.kubectl("create", "namespace", NS, check=False)
         yield c
     finally:
