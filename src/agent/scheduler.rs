@@ -3,7 +3,8 @@
 //!
 //! Every recorded volume is a job with a due time ([`super::schedule`]). A fixed number of
 //! worker threads each take the earliest due job whose namespace has fewer than its fair share
-//! of workers busy (the workers divided by the namespaces with work, rounded up), refresh it
+//! of workers busy (the workers divided by the namespaces with work, rounded up, and never more
+//! than half of them while other namespaces have volumes), refresh it
 //! ([`super::refresh_volume`]) and take the next; nobody waits for a slow refresh but the
 //! worker running it. Each refresh has its own time budget (the node's deadline for the fetch,
 //! a deadline on the volume's lock) and never blocks on anything a pod controls, so one slow or
@@ -148,6 +149,8 @@ struct State {
 
 struct Scheduler<'a> {
     node: &'a NodeState,
+    /// One pass ([`run_pass`]): the volumes due at the start are refreshed once, then it ends.
+    pass: bool,
     refresh: &'a dyn Refresh,
     opts: PassOptions,
     /// The clock: the given instant for a pass (tests), the real one for the agent.
@@ -162,7 +165,7 @@ impl Scheduler<'_> {
     }
 
     /// Adds the records not known yet and drops those gone from disk.
-    fn rescan(&self, once: bool) -> Result<()> {
+    fn rescan(&self) -> Result<()> {
         let loaded = self.node.volumes().load_all()?;
         let now = (self.clock)();
         let mut state = self.lock();
@@ -185,15 +188,13 @@ impl Scheduler<'_> {
             }
             let mut status = self.node.volumes().load_status(&record.dir);
             let interval = record.interval();
-            let mut pending = once;
+            let mut pending = true;
             if status.next_due_ms == 0 {
                 status.next_due_ms = ms(schedule::first_due(now, &name, interval));
                 // Keep the first due time stable across restarts.
                 let _ = self.node.volumes().save_status(&record.dir, &status);
             }
-            if !once {
-                pending = true;
-            } else if !self.opts.once && Duration::from_millis(status.next_due_ms) > now {
+            if self.pass && !self.opts.once && Duration::from_millis(status.next_due_ms) > now {
                 pending = false;
                 state.report.not_due += 1;
             }
@@ -226,7 +227,7 @@ impl Scheduler<'_> {
             return None;
         }
         let now = (self.clock)();
-        let ready = |j: &Job| j.pending && !j.running && (self.opts.once || j.due() <= now);
+        let ready = |j: &Job| j.pending && !j.running && (self.pass || j.due() <= now);
         // The namespaces with work: refreshing now or due.
         let mut with_work: std::collections::BTreeSet<&str> = state
             .busy
@@ -241,11 +242,17 @@ impl Scheduler<'_> {
                 .filter(|j| ready(j))
                 .map(|j| j.record.namespace()),
         );
-        let share = self
-            .opts
-            .concurrency
-            .div_ceil(with_work.len().max(1))
-            .max(1);
+        let workers = self.opts.concurrency.max(1);
+        let mut share = workers.div_ceil(with_work.len().max(1));
+        // While other namespaces have volumes, one namespace never takes more than half the
+        // workers, even when the others have nothing due this moment: their next due volume
+        // must not wait for a slow namespace's refreshes to end.
+        let mut namespaces = state.jobs.values().map(|j| j.record.namespace());
+        let first = namespaces.next();
+        if namespaces.any(|ns| Some(ns) != first) {
+            share = share.min(workers / 2);
+        }
+        let share = share.max(1);
         let (name, _) = state
             .jobs
             .iter()
@@ -284,7 +291,7 @@ impl Scheduler<'_> {
     fn worker(&self) {
         let mut state = self.lock();
         loop {
-            if self.opts.once && self.finished(&state) || state.stop {
+            if (self.pass && self.finished(&state)) || state.stop {
                 return;
             }
             let Some((name, record, status)) = self.take(&mut state) else {
@@ -349,7 +356,7 @@ impl Scheduler<'_> {
         }
         if let Some(job) = state.jobs.get_mut(name) {
             job.running = false;
-            job.pending = !self.opts.once && !drop_job;
+            job.pending = !self.pass && !drop_job;
             job.status = status;
             job.logged = logged;
             if drop_job || job.dropped {
@@ -381,8 +388,8 @@ impl Scheduler<'_> {
     }
 }
 
-/// Writes a `rotation_failed` line unless the same failure of this volume was written less than
-/// [`REPEAT_LOG_AFTER`] ago; returns what was last written.
+/// Writes a `rotation_failed` line unless a failure of this volume with the same code was
+/// written less than [`REPEAT_LOG_AFTER`] ago; returns what was last written.
 fn log_failure(
     record: &Record,
     e: &Error,
@@ -390,7 +397,8 @@ fn log_failure(
     now: Duration,
     last: Option<(String, Duration, u32)>,
 ) -> Option<(String, Duration, u32)> {
-    let key = format!("{} {}", e.code().as_str(), e.message());
+    // The code, not the message: messages carry request ids and timings.
+    let key = e.code().as_str().to_string();
     if let Some((k, at, suppressed)) = &last {
         if *k == key && now.saturating_sub(*at) < REPEAT_LOG_AFTER {
             return Some((key, *at, suppressed + 1));
@@ -418,13 +426,14 @@ pub fn run_pass(
     let clock = move || now;
     let s = Scheduler {
         node,
+        pass: true,
         refresh,
         opts,
         clock: &clock,
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
     };
-    s.rescan(true)?;
+    s.rescan()?;
     let workers = opts.concurrency.max(1);
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -457,6 +466,7 @@ pub fn run(
     let clock = now;
     let s = Scheduler {
         node,
+        pass: false,
         refresh,
         opts: PassOptions {
             once: false,
@@ -472,7 +482,7 @@ pub fn run(
             scope.spawn(|| s.worker());
         }
         while !stop.load(Ordering::SeqCst) {
-            if let Err(e) = s.rescan(false) {
+            if let Err(e) = s.rescan() {
                 crate::log::error(
                     "agent_rescan_failed",
                     json!({"code": e.code().as_str(), "message": e.message()}),
