@@ -99,15 +99,13 @@ impl NodeState {
         let Ok(first) = MountTable::read() else {
             return 0;
         };
+        let shown = first.kv_volumes_in(&self.root().join(DIR));
         for name in private::names(&parent) {
             if !is_name(&name) {
                 continue;
             }
             let path = self.root().join(DIR).join(&name);
-            if first
-                .kv_volume(&path)
-                .is_some_and(|dev| first.mounts_of(&dev) >= 2)
-            {
+            if shown.get(name.as_bytes()).is_some_and(|n| *n >= 2) {
                 continue;
             }
             let Some(_lock) = self.try_lock_name(&name) else {

@@ -5,6 +5,7 @@
 //! mounts and the agent's), and the kernel formats all of it for every read.
 
 use crate::error::{Code, Error, Result};
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -68,12 +69,34 @@ impl MountTable {
         })
     }
 
-    /// How many mount points show the filesystem `dev` (`major:minor`).
-    pub fn mounts_of(&self, dev: &str) -> usize {
-        self.0
-            .split(|b| *b == b'\n')
-            .filter(|line| line.split(|b| *b == b' ').nth(2) == Some(dev.as_bytes()))
-            .count()
+    /// kv's volumes whose mount point is directly in `dir`, by name, with how many mount
+    /// points show the same filesystem: one reading answers for every entry of `dir`.
+    pub fn kv_volumes_in(&self, dir: &Path) -> HashMap<Vec<u8>, usize> {
+        let prefix = [dir.as_os_str().as_bytes(), b"/"].concat();
+        let mut per_dev: HashMap<&[u8], usize> = HashMap::new();
+        let mut found: HashMap<Vec<u8>, (&[u8], bool)> = HashMap::new();
+        for line in self.0.split(|b| *b == b'\n') {
+            let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+            let (Some(dev), Some(mp)) = (fields.get(2), fields.get(4)) else {
+                continue;
+            };
+            *per_dev.entry(dev).or_default() += 1;
+            let mp = unescape(mp);
+            if let Some(name) = mp.strip_prefix(&prefix[..]).filter(|n| !n.contains(&b'/')) {
+                let sep = fields.iter().position(|f| *f == b"-");
+                let kv = sep.is_some_and(|i| {
+                    fields.get(i + 1) == Some(&&b"tmpfs"[..])
+                        && fields.get(i + 2) == Some(&&b"kv"[..])
+                });
+                // The last line for a mount point is the topmost mount.
+                found.insert(name.to_vec(), (dev, kv));
+            }
+        }
+        found
+            .into_iter()
+            .filter(|(_, (_, kv))| *kv)
+            .map(|(name, (dev, _))| (name, per_dev.get(dev).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// The device of kv's volume at `path`, if the topmost mount there is one.
