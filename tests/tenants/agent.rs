@@ -100,19 +100,57 @@ fn wait_for_value(
     None
 }
 
+/// A node with `config` and the victim: namespace `victim`'s volume of `victim-secret` (v0),
+/// rotating every second.
+fn with_victim(config: Value) -> (Rot, std::path::PathBuf) {
+    let mut rot = Rot::new();
+    rot.config(config);
+    rot.set_secret("victim-secret", Some("v0"));
+    let victim = rot.node.volume_dir("victim");
+    rot.node
+        .mount(&victim, rotating("victim", "victim-secret", "1s"))
+        .assert_success();
+    (rot, victim)
+}
+
+/// What a pod does as root in its container: a FIFO in its volume's current version.
+fn plant_fifo(rot: &Rot, dir: &Path) {
+    let made = rot
+        .node
+        .ns
+        .command("mkfifo")
+        .arg(dir.join("..data/x"))
+        .status();
+    assert!(made.unwrap().success());
+}
+
+/// Serves `victim-secret` = `v<round>` and waits until the victim's volume shows it.
+fn rotate_victim(rot: &mut Rot, victim: &Path, round: u32, limit: Duration) -> Option<Duration> {
+    let value = format!("v{round}");
+    rot.set_secret("victim-secret", Some(&value));
+    wait_for_value(rot, victim, "victim-secret", value.as_bytes(), limit)
+}
+
+/// Waits until the status of the volume at `dir` satisfies `done`; panics after `limit`.
+fn wait_status(rot: &Rot, dir: &Path, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let st = rot.status_of(dir);
+        if done(&st) {
+            return st;
+        }
+        assert!(started.elapsed() < limit, "after {limit:?}: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Item 2: a FIFO, a huge file and a symlink planted (as root in the pod) in writable rotating
 /// volumes of a hostile namespace. Before: `kv agent --once` hung forever in `open` of the
 /// FIFO, the long-running agent stopped rotating every volume of the node, and `kv unmount`
 /// of that volume hung on its lock.
 #[test]
 fn planted_fifos_links_and_huge_files_stall_no_one() {
-    let mut rot = Rot::new();
-    rot.config(json!({"tmpfsMaxBytes": 64 << 20}));
-    rot.set_secret("victim-secret", Some("v0"));
-    let victim = rot.node.volume_dir("victim");
-    rot.node
-        .mount(&victim, rotating("victim", "victim-secret", "1s"))
-        .assert_success();
+    let (mut rot, victim) = with_victim(json!({"tmpfsMaxBytes": 64 << 20}));
     let mut hostile = Vec::new();
     for kind in ["fifo", "huge", "link"] {
         let dir = rot.node.volume_dir(kind);
@@ -128,16 +166,7 @@ fn planted_fifos_links_and_huge_files_stall_no_one() {
     for (kind, dir) in &hostile {
         let data = rot.node.ns.host_path(dir.join("..data"));
         match *kind {
-            "fifo" => {
-                let made = rot
-                    .node
-                    .ns
-                    .command("mkfifo")
-                    .arg(dir.join("..data/x"))
-                    .status()
-                    .unwrap();
-                assert!(made.success());
-            }
+            "fifo" => plant_fifo(&rot, dir),
             "huge" => std::fs::write(data.join("junk"), vec![7u8; 40 << 20]).unwrap(),
             _ => {
                 std::fs::remove_file(data.join("db-password")).unwrap();
@@ -176,25 +205,10 @@ fn planted_fifos_links_and_huge_files_stall_no_one() {
     // Again, with the long-running agent: the victim rotates on schedule while the FIFO is
     // back in place, and the hostile volume's unmount finishes within its deadline.
     let (_, fifo) = &hostile[0];
-    let made = rot
-        .node
-        .ns
-        .command("mkfifo")
-        .arg(fifo.join("..data/x"))
-        .status()
-        .unwrap();
-    assert!(made.success());
+    plant_fifo(&rot, fifo);
     let _agent = Running(rot.spawn_agent(&[]));
     for round in 2..5 {
-        let value = format!("v{round}");
-        rot.set_secret("victim-secret", Some(&value));
-        let took = wait_for_value(
-            &rot,
-            &victim,
-            "victim-secret",
-            value.as_bytes(),
-            Duration::from_secs(8),
-        );
+        let took = rotate_victim(&mut rot, &victim, round, Duration::from_secs(8));
         assert!(
             took.is_some(),
             "round {round}: the victim's volume stopped rotating"
@@ -221,13 +235,7 @@ fn planted_fifos_links_and_huge_files_stall_no_one() {
 /// second.
 #[test]
 fn a_slow_hostile_volume_does_not_delay_the_victim() {
-    let mut rot = Rot::new();
-    rot.config(json!({"deadlineSeconds": 12}));
-    rot.set_secret("victim-secret", Some("v0"));
-    let victim = rot.node.volume_dir("victim");
-    rot.node
-        .mount(&victim, rotating("victim", "victim-secret", "1s"))
-        .assert_success();
+    let (mut rot, victim) = with_victim(json!({"deadlineSeconds": 12}));
     let mut hostile = Vec::new();
     for i in 0..4 {
         let dir = rot.node.volume_dir(&format!("slow{i}"));
@@ -257,16 +265,12 @@ fn a_slow_hostile_volume_does_not_delay_the_victim() {
     std::thread::sleep(Duration::from_secs(3));
     let mut lags = Vec::new();
     for round in 1..4 {
-        let value = format!("v{round}");
-        rot.set_secret("victim-secret", Some(&value));
-        let took = wait_for_value(
-            &rot,
+        lags.push(rotate_victim(
+            &mut rot,
             &victim,
-            "victim-secret",
-            value.as_bytes(),
+            round,
             Duration::from_secs(6),
-        );
-        lags.push(took);
+        ));
     }
     println!("victim refresh lags: {lags:?}");
     if std::env::var_os("KV_TEST_DUMP_LOG").is_some() {
@@ -278,15 +282,9 @@ fn a_slow_hostile_volume_does_not_delay_the_victim() {
         "the victim waited for the hostile volumes: {lags:?}"
     );
     // The hostile volumes do fail, each on its own deadline.
-    let started = Instant::now();
-    loop {
-        let st = rot.status_of(&hostile[0]);
-        if st["status"]["last_error"]["code"] == "KV_SA_TOKEN" {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{st}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_status(&rot, &hostile[0], Duration::from_secs(20), |st| {
+        st["status"]["last_error"]["code"] == "KV_SA_TOKEN"
+    });
 }
 
 /// Item 5: the long-running agent follows `kv.json`. Before: it read the file once, so a
@@ -321,18 +319,10 @@ fn a_running_agent_follows_policy_changes_and_fails_closed() {
     rot.set_secret("team-secret", Some("t2"));
     rot.set_secret("other-secret", Some("o2"));
     assert!(wait_for_value(&rot, &other, "other-secret", b"o2", Duration::from_secs(8)).is_some());
-    let started = Instant::now();
-    loop {
-        let st = rot.status_of(&team);
-        if st["status"]["last_error"]["code"] == "KV_POLICY" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "still rotating after the revocation: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Still rotating after the revocation, before the fix.
+    wait_status(&rot, &team, Duration::from_secs(8), |st| {
+        st["status"]["last_error"]["code"] == "KV_POLICY"
+    });
     assert_eq!(rot.node.file(&team, "team-secret"), b"t1", "the files stay");
 
     // A broken kv.json stops every refresh (fail closed) and says so in the log.
@@ -449,6 +439,17 @@ fn churn_of_identities_and_pods_leaves_bounded_state() {
     );
 }
 
+/// `kv mount` logging where the node config says (without the harness's `KV_LOG_FILE`).
+fn mount_logging_to_config(node: &Node, dir: &Path, options: Value) {
+    let mut mount = node.ns.command(&node.kv);
+    mount
+        .arg("mount")
+        .arg(dir)
+        .arg(kubelet_options(dir, options).to_string())
+        .env_remove("KV_LOG_FILE");
+    assert!(String::from_utf8_lossy(&mount.output().unwrap().stdout).contains("Success"));
+}
+
 /// Item 7: the long-running agent's log rotates by size and follows a rotation done by another
 /// process; repeated identical failures of one volume are written once; the log directory kv
 /// creates is private. Before: the agent checked the size once per process and kept writing to
@@ -461,26 +462,13 @@ fn the_agent_log_is_bounded() {
     rot.config(json!({"log": {"path": log, "maxBytes": 6000}}));
     rot.set_secret("victim-secret", Some("v0"));
     let dir = rot.node.volume_dir("v");
-    // The node config's log path (KV_LOG_FILE would win over it).
-    let mut mount = rot.node.ns.command(&rot.node.kv);
-    mount
-        .arg("mount")
-        .arg(&dir)
-        .arg(kubelet_options(&dir, rotating("victim", "victim-secret", "1s")).to_string())
-        .env_remove("KV_LOG_FILE");
-    assert!(String::from_utf8_lossy(&mount.output().unwrap().stdout).contains("Success"));
+    mount_logging_to_config(&rot.node, &dir, rotating("victim", "victim-secret", "1s"));
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode(&log_dir), mode(&log)), (0o700, 0o600));
     let failing = rot.node.volume_dir("failing");
     rot.set_secret("doomed", Some("d0"));
-    let mut mount = rot.node.ns.command(&rot.node.kv);
-    mount
-        .arg("mount")
-        .arg(&failing)
-        .arg(kubelet_options(&failing, rotating("hostile", "doomed", "1s")).to_string())
-        .env_remove("KV_LOG_FILE");
-    assert!(String::from_utf8_lossy(&mount.output().unwrap().stdout).contains("Success"));
+    mount_logging_to_config(&rot.node, &failing, rotating("hostile", "doomed", "1s"));
     rot.set_secret("doomed", None);
 
     let mut cmd = rot.agent_command(&[]);
@@ -526,16 +514,10 @@ fn the_agent_log_is_bounded() {
         "nothing after the rotation: {text}"
     );
     // The failing volume fails at every retry; its identical failures are written once.
-    let started = Instant::now();
-    let failures = loop {
-        let status = rot.status_of(&failing);
-        let failures = status["status"]["failures"].as_u64().unwrap_or(0);
-        if failures >= 3 {
-            break failures;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_status(&rot, &failing, Duration::from_secs(30), |st| {
+        st["status"]["failures"].as_u64().unwrap_or(0) >= 3
+    });
+    let failures = status["status"]["failures"].as_u64().unwrap_or(0);
     let all = format!(
         "{}{}",
         std::fs::read_to_string(&rotated).unwrap_or_default(),
