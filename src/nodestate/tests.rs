@@ -469,6 +469,42 @@ fn lock_wait_gives_up_at_the_deadline() {
     );
 }
 
+#[test]
+fn lock_files_exist_only_while_held_and_leftovers_are_swept() {
+    let root = Root::new("lock-policy");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let file = root.path(&format!("tokens/{}.lock", key.file_name()));
+    let held = cache.lock(&key, Instant::now()).unwrap();
+    assert!(file.exists());
+    drop(held);
+    assert!(!file.exists(), "removed by its holder");
+    // A holder that died leaves its file behind (and no lock): the sweep removes it.
+    std::fs::write(&file, b"").unwrap();
+    let dead = root.path("locks");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("x.lock"), b"").unwrap();
+    let swept = root.state.sweep();
+    assert_eq!(swept.locks, 2, "{swept:?}");
+    assert!(!file.exists() && names_in(&dead).is_empty());
+    // Volume locks: under the root, with a deadline, gone once released.
+    let dir = std::path::Path::new("/k/pods/u/volumes/azure~kv/v");
+    let held = root.state.lock_volume(dir, Instant::now()).unwrap();
+    let started = Instant::now();
+    let e = root
+        .state
+        .lock_volume(dir, Instant::now() + Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(names_in(&dead).len(), 1);
+    drop(held);
+    assert!(names_in(&dead).is_empty());
+    let c = root.state.summary().counts;
+    assert_eq!((c.lock_files, c.slot_files, c.volume_records), (0, 0, 0));
+}
+
 // ---- across processes -------------------------------------------------------------------
 
 const ROLE: &str = "KV_NODESTATE_CHILD_ROLE";
