@@ -103,13 +103,10 @@ impl NodeState {
     }
 }
 
-/// Whether the pod of a pod-identity cache key (its canonical JSON holds the pod's uid) has no
-/// directory under `pods` any more.
+/// Whether the pod of a pod-identity cache key (its canonical form holds the pod's uid) has no
+/// directory under `pods` any more. A key kv cannot read is not kv's: gone.
 fn pod_is_gone(pods: &Path, key: &str) -> bool {
-    let uid = serde_json::from_str::<serde_json::Value>(key)
-        .ok()
-        .and_then(|v| v.get("uid").and_then(|u| u.as_str()).map(str::to_owned));
-    match uid {
+    match super::key::pod_uid_of(key) {
         // A uid is a plain name (kubelet's UUID); anything else cannot be a pod's dir.
         Some(uid) if !uid.is_empty() && !uid.contains('/') && uid != "." && uid != ".." => {
             matches!(std::fs::symlink_metadata(pods.join(uid)), Err(e) if e.kind() == std::io::ErrorKind::NotFound)

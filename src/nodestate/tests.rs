@@ -505,6 +505,37 @@ fn lock_files_exist_only_while_held_and_leftovers_are_swept() {
     assert_eq!((c.lock_files, c.slot_files, c.volume_records), (0, 0, 0));
 }
 
+#[test]
+fn the_sweep_drops_entries_of_gone_pods_and_expired_ones_only() {
+    let root = Root::new("sweep-pods");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let pods = root.path("kubelet/pods");
+    std::fs::create_dir_all(pods.join("live-uid")).unwrap();
+    std::fs::create_dir_all(pods.join("gone-uid")).unwrap();
+    root.state.note_pods_dir(&pods);
+    let live = cache.key(&pod(&cloud, "a", "live-uid")).unwrap();
+    let gone = cache.key(&pod(&cloud, "b", "gone-uid")).unwrap();
+    let node_key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let expired = cache
+        .key(&node(&cloud, "https://other", NodeId::System))
+        .unwrap();
+    for k in [&live, &gone, &node_key] {
+        cache.put(k, &token("t", 3600)).unwrap();
+    }
+    cache.put(&expired, &token("t", -5)).unwrap();
+    assert_eq!(
+        root.state.sweep().tokens,
+        1,
+        "only the expired one while both pods exist"
+    );
+    std::fs::remove_dir(pods.join("gone-uid")).unwrap();
+    assert_eq!(root.state.sweep().tokens, 1);
+    assert!(cache.get(&live, Duration::ZERO).is_some());
+    assert!(cache.get(&node_key, Duration::ZERO).is_some());
+    assert!(cache.get(&gone, Duration::ZERO).is_none());
+}
+
 // ---- across processes -------------------------------------------------------------------
 
 const ROLE: &str = "KV_NODESTATE_CHILD_ROLE";
