@@ -104,13 +104,27 @@ pub fn refresh_one(
             Outcome::Failed(e)
         }
     };
-    if let Err(e) = node.volumes().save_status(dir, &status) {
+    if let Err(e) = save_status(node, record, &status) {
         crate::log::error(
             "rotation_status_unsaved",
             json!({"volume": dir.to_string_lossy(), "message": e.message()}),
         );
     }
     (outcome, status)
+}
+
+/// Saves the status under the volume's lock, only while its record is still the one refreshed:
+/// an unmount during the refresh removed both, and must not get a status file back.
+fn save_status(node: &NodeState, record: &Record, status: &Status) -> Result<()> {
+    let _lock = node.lock_volume(&record.dir, Instant::now() + LOCK_WAIT)?;
+    let volumes = node.volumes();
+    if volumes
+        .load(&record.dir)
+        .is_some_and(|r| r.mounted_at == record.mounted_at)
+    {
+        volumes.save_status(&record.dir, status)?;
+    }
+    Ok(())
 }
 
 /// Removes the record of a volume whose mount is gone, and the agent's mount of it where the

@@ -27,6 +27,8 @@ pub struct Swept {
     pub tokens: usize,
     /// Lock and slot files nobody held.
     pub locks: usize,
+    /// Rotation status files of volumes whose record is gone.
+    pub statuses: usize,
 }
 
 impl NodeState {
@@ -77,6 +79,7 @@ impl NodeState {
             }
             swept.locks += flock::sweep(&dir, |n| n.ends_with(".lock"));
         }
+        swept.statuses = self.volumes().sweep_statuses();
         for (sub, is_lock) in [
             ("slots", (|_: &str| true) as fn(&str) -> bool),
             ("locks", |n: &str| n.ends_with(".lock")),

@@ -334,6 +334,30 @@ impl Volumes {
         Ok(())
     }
 
+    /// Removes status files whose record is gone (a refresh that ended after its volume's
+    /// unmount); returns how many.
+    pub(super) fn sweep_statuses(&self) -> usize {
+        let Ok(Some(fd)) = self.existing() else {
+            return 0;
+        };
+        let names = private::names(&fd);
+        let mut removed = 0;
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".status.json")) {
+            if !is_name(stem) || names.contains(&format!("{stem}.json")) {
+                continue;
+            }
+            // Under the volume's lock: a mount saves the status just before the record.
+            let Some(_lock) = self.state.try_lock_name(stem) else {
+                continue;
+            };
+            if self.load_named(stem).is_none() {
+                private::remove(&fd, &format!("{stem}.status.json"));
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// How many records there are (for `kv doctor`).
     pub fn count(&self) -> usize {
         self.existing()

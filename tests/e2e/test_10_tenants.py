@@ -36,10 +36,15 @@ def test_a_fifo_in_one_tenants_volume_does_not_stop_anothers_rotation(cluster):
         cluster.set_scenario(doc)
         cluster.wait_log("victim", "VALUE rotated past the fifo", ns=VICTIM_NS, timeout=90)
         print(f"\ne2e: the victim read the new value {time.time() - changed:.1f} s after the change")
-        # The hostile pod's volume unmounts: the pod does not hang in Terminating.
+        # The hostile pod's volume unmounts (kubelet calls kv unmount once the pod is gone):
+        # the pod does not hang in Terminating, and its tmpfs and the agent's mount go.
+        uid = cluster.pod_uid("hostile-fifo")
         started = time.time()
         cluster.delete_pod("hostile-fifo", timeout=90)
-        print(f"e2e: the hostile pod was gone {time.time() - started:.1f} s after its deletion")
+        while any(uid in line for line in cluster.kv_mounts()) and time.time() - started < 90:
+            time.sleep(0.5)
+        assert not any(uid in line for line in cluster.kv_mounts()), "the hostile volume is still mounted"
+        print(f"e2e: the hostile pod's volume was unmounted {time.time() - started:.1f} s after its deletion")
     finally:
         cluster.set_scenario(original)
         cluster.delete_pod("hostile-fifo", wait=False)
