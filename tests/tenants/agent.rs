@@ -276,9 +276,11 @@ fn a_slow_hostile_volume_does_not_delay_the_victim() {
     if std::env::var_os("KV_TEST_DUMP_LOG").is_some() {
         println!("{}", rot.node.log_text());
     }
+    // Every second when nothing else runs; the margin is for a loaded machine. Before the fix
+    // a hostile deadline (12 s) passed between two refreshes of the victim.
     assert!(
         lags.iter()
-            .all(|l| l.is_some_and(|d| d < Duration::from_secs(4))),
+            .all(|l| l.is_some_and(|d| d < Duration::from_secs(5))),
         "the victim waited for the hostile volumes: {lags:?}"
     );
     // The hostile volumes do fail, each on its own deadline.
