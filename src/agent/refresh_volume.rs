@@ -43,16 +43,18 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Refreshes the volume of `record` at `now`; returns what happened and its new status (saved).
+/// `table` is a recent reading of the mount table: a volume gone there is collected without a
+/// fetch (the refresh checks again under the volume's lock).
 pub fn refresh_one(
     node: &NodeState,
     refresh: &dyn Refresh,
     record: &Record,
     mut status: Status,
     now: Duration,
+    table: &MountTable,
 ) -> (Outcome, Status) {
     let dir = &record.dir;
-    let live = MountTable::read().map(|t| is_live(&t, record));
-    if matches!(live, Ok(false)) {
+    if !is_live(table, record) {
         let outcome = match collect(node, record) {
             Ok(true) => {
                 crate::log::info(
@@ -69,6 +71,8 @@ pub fn refresh_one(
     let interval = record.interval();
     let random = schedule::random_u64();
     let outcome = match refresh_volume(node, refresh, record, &mut status) {
+        // Unmounted during the fetch: the record went under the lock, no status to save.
+        Ok(Outcome::Collected) => return (Outcome::Collected, status),
         Ok(outcome) => {
             status.last_success = Some(now.as_secs());
             status.failures = 0;
@@ -152,10 +156,9 @@ fn refresh_volume(
     // Held from the check of the mount to the end of the switch: an unmount waits.
     let _lock = node.lock_volume(&record.dir, Instant::now() + LOCK_WAIT)?;
     if !is_live(&MountTable::read()?, record) {
-        return Err(Error::new(
-            Code::Mount,
-            format!("{} was unmounted during the refresh", record.dir.display()),
-        ));
+        node.volumes().remove(&record.dir)?;
+        let _ = node.remove_agent_mount(&record.dir);
+        return Ok(Outcome::Collected);
     }
     let root = VolumeRoot::open(record)?;
     let recovered = layout::recover(root.fd())?;

@@ -18,7 +18,7 @@
 use super::refresh_volume::{refresh_one, remove_replaced, Outcome};
 use super::schedule;
 use crate::error::{Code, Error, Result};
-use crate::nodestate::{NodeState, Record, Status};
+use crate::nodestate::{MountTable, NodeState, Record, Status};
 use crate::volume::Layout;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -145,6 +145,9 @@ struct State {
     cleanups: Vec<Cleanup>,
     report: PassReport,
     stop: bool,
+    /// The mount table as of the last rescan: which volumes look gone before any work (each
+    /// refresh checks again under its volume's lock).
+    table: Option<Arc<MountTable>>,
 }
 
 struct Scheduler<'a> {
@@ -167,8 +170,10 @@ impl Scheduler<'_> {
     /// Adds the records not known yet and drops those gone from disk.
     fn rescan(&self) -> Result<()> {
         let loaded = self.node.volumes().load_all()?;
+        let table = Arc::new(MountTable::read()?);
         let now = (self.clock)();
         let mut state = self.lock();
+        state.table = Some(table);
         for p in &loaded.problems {
             if !state.report.problems.contains(p) {
                 crate::log::warn("rotation_record_skipped", json!({"problem": p}));
@@ -222,7 +227,7 @@ impl Scheduler<'_> {
     }
 
     /// The next job a worker may take now, marked running.
-    fn take(&self, state: &mut State) -> Option<(String, Arc<Record>, Status)> {
+    fn take(&self, state: &mut State) -> Option<(String, Arc<Record>, Status, Arc<MountTable>)> {
         if state.stop || !self.refresh.usable() {
             return None;
         }
@@ -260,9 +265,10 @@ impl Scheduler<'_> {
             .filter(|(_, j)| state.busy.get(j.record.namespace()).copied().unwrap_or(0) < share)
             .min_by_key(|(_, j)| j.due())?;
         let name = name.clone();
+        let table = state.table.clone()?;
         let job = state.jobs.get_mut(&name)?;
         job.running = true;
-        let taken = (name, job.record.clone(), job.status.clone());
+        let taken = (name, job.record.clone(), job.status.clone(), table);
         *state
             .busy
             .entry(taken.1.namespace().to_string())
@@ -294,7 +300,7 @@ impl Scheduler<'_> {
             if (self.pass && self.finished(&state)) || state.stop {
                 return;
             }
-            let Some((name, record, status)) = self.take(&mut state) else {
+            let Some((name, record, status, table)) = self.take(&mut state) else {
                 let wait = self.idle_wait(&state);
                 state = self
                     .wake
@@ -305,7 +311,8 @@ impl Scheduler<'_> {
             };
             drop(state);
             let now = (self.clock)();
-            let (outcome, status) = refresh_one(self.node, self.refresh, &record, status, now);
+            let (outcome, status) =
+                refresh_one(self.node, self.refresh, &record, status, now, &table);
             state = self.lock();
             self.finish(&mut state, &name, &record, outcome, status, now);
             self.wake.notify_all();

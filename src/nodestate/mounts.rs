@@ -46,12 +46,12 @@ impl MountTable {
     /// The topmost mount at exactly `path` (the last one listed: what a process opening `path`
     /// sees), if `path` is a mount point.
     pub fn top(&self, path: &Path) -> Option<Mount> {
-        let want = path.as_os_str().as_bytes();
-        let line = self.0.split(|b| *b == b'\n').rfind(|line| {
-            line.split(|b| *b == b' ')
-                .nth(4)
-                .is_some_and(|mp| unescape(mp) == want)
-        })?;
+        // The path escaped as the table writes it, once, rather than every line unescaped.
+        let want = escape(path.as_os_str().as_bytes());
+        let line = self
+            .0
+            .split(|b| *b == b'\n')
+            .rfind(|line| line.split(|b| *b == b' ').nth(4) == Some(&want[..]))?;
         let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
         let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
         let after = fields
@@ -105,6 +105,19 @@ impl MountTable {
     }
 }
 
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn escape(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
@@ -150,5 +163,6 @@ mod tests {
         assert!(t.top(Path::new("/missing")).is_none());
         assert_eq!(unescape(br"/x\04"), br"/x\04".to_vec());
         assert_eq!(unescape(br"/a\040b\134c"), b"/a b\\c".to_vec());
+        assert_eq!(escape(b"/a b\\c\td"), br"/a\040b\134c\011d".to_vec());
     }
 }
