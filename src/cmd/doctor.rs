@@ -195,6 +195,20 @@ fn check_node_state(r: &mut Report, config: &NodeConfig) {
         "off (kv.json tokenCache: false): every mount asks its token source".to_string()
     };
     r.add(Verdict::Pass, "node cache", cache);
+    let c = &summary.counts;
+    r.add(
+        Verdict::Pass,
+        "node state",
+        format!(
+            "{}: {} token entries, {} lock files, {} slot files, {} volume records, {} agent mounts",
+            state.root().display(),
+            c.token_entries,
+            c.lock_files,
+            c.slot_files,
+            c.volume_records,
+            c.agent_mounts
+        ),
+    );
     for t in &summary.tokens {
         let left = t.expires_on - now;
         let when = if left > 0 {

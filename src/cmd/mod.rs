@@ -93,9 +93,10 @@ pub fn run(args: Vec<OsString>) -> Outcome {
 
 /// Starts the call's log: `KV_LOG_FILE`, else the node config's path.
 fn start_log(config: &NodeConfig, verb: &str) {
-    crate::log::init(
-        config.log_path(crate::env::get().log_file.clone()),
-        config.log_max_bytes(),
-        verb,
-    );
+    let path = config.log_path(crate::env::get().log_file.clone());
+    // kv's own log directory is private even when a hostPath volume created it 0755 first.
+    if path == std::path::Path::new(crate::config::DEFAULT_LOG_PATH) {
+        crate::log::private_dir(&path);
+    }
+    crate::log::init(path, config.log_max_bytes(), verb);
 }

@@ -469,6 +469,73 @@ fn lock_wait_gives_up_at_the_deadline() {
     );
 }
 
+#[test]
+fn lock_files_exist_only_while_held_and_leftovers_are_swept() {
+    let root = Root::new("lock-policy");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let file = root.path(&format!("tokens/{}.lock", key.file_name()));
+    let held = cache.lock(&key, Instant::now()).unwrap();
+    assert!(file.exists());
+    drop(held);
+    assert!(!file.exists(), "removed by its holder");
+    // A holder that died leaves its file behind (and no lock): the sweep removes it.
+    std::fs::write(&file, b"").unwrap();
+    let dead = root.path("locks");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("x.lock"), b"").unwrap();
+    let swept = root.state.sweep();
+    assert_eq!(swept.locks, 2, "{swept:?}");
+    assert!(!file.exists() && names_in(&dead).is_empty());
+    // Volume locks: under the root, with a deadline, gone once released.
+    let dir = std::path::Path::new("/k/pods/u/volumes/azure~kv/v");
+    let held = root.state.lock_volume(dir, Instant::now()).unwrap();
+    let started = Instant::now();
+    let e = root
+        .state
+        .lock_volume(dir, Instant::now() + Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(names_in(&dead).len(), 1);
+    drop(held);
+    assert!(names_in(&dead).is_empty());
+    let c = root.state.summary().counts;
+    assert_eq!((c.lock_files, c.slot_files, c.volume_records), (0, 0, 0));
+}
+
+#[test]
+fn the_sweep_drops_entries_of_gone_pods_and_expired_ones_only() {
+    let root = Root::new("sweep-pods");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let pods = root.path("kubelet/pods");
+    std::fs::create_dir_all(pods.join("live-uid")).unwrap();
+    std::fs::create_dir_all(pods.join("gone-uid")).unwrap();
+    root.state.note_pods_dir(&pods);
+    let live = cache.key(&pod(&cloud, "a", "live-uid")).unwrap();
+    let gone = cache.key(&pod(&cloud, "b", "gone-uid")).unwrap();
+    let node_key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let expired = cache
+        .key(&node(&cloud, "https://other", NodeId::System))
+        .unwrap();
+    for k in [&live, &gone, &node_key] {
+        cache.put(k, &token("t", 3600)).unwrap();
+    }
+    cache.put(&expired, &token("t", -5)).unwrap();
+    assert_eq!(
+        root.state.sweep().tokens,
+        1,
+        "only the expired one while both pods exist"
+    );
+    std::fs::remove_dir(pods.join("gone-uid")).unwrap();
+    assert_eq!(root.state.sweep().tokens, 1);
+    assert!(cache.get(&live, Duration::ZERO).is_some());
+    assert!(cache.get(&node_key, Duration::ZERO).is_some());
+    assert!(cache.get(&gone, Duration::ZERO).is_none());
+}
+
 // ---- across processes -------------------------------------------------------------------
 
 const ROLE: &str = "KV_NODESTATE_CHILD_ROLE";
@@ -818,7 +885,8 @@ fn throttle_keeps_the_later_time_caps_it_and_ignores_bad_records() {
     assert!(throttle.wait_time("a.example").is_none());
     std::os::unix::fs::chown(file_of("b.example"), Some(4242), None).unwrap();
     assert!(throttle.wait_time("b.example").is_none());
-    assert_eq!(names_in(&dir), [".lock"]);
+    // The bad records are gone, and the lock file went with its holder.
+    assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
 }
 
 #[test]

@@ -181,7 +181,9 @@ pub fn layout(spec: &VolumeSpec, fetched: FetchedVolume, config: &NodeConfig) ->
     let rotating = rotation(spec, config)?.is_some();
     // A rotating volume holds two versions during a switch (and its links): sized for both.
     let (needed, versions) = if rotating {
-        (crate::volume::versioned::needed(&files)?.bytes, 2)
+        let one = crate::volume::versioned::needed(&files)?.bytes;
+        config.rotation().check_size(one)?;
+        (one, 2)
     } else {
         (volume::needed_bytes(&files), 1)
     };

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod rot;
+
 use kv_emulator::netns::{emulator_binary, example_scenario, Namespace};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
