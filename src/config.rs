@@ -156,7 +156,8 @@ pub struct NodeConfig {
     /// records and rotation records every kv process of the node shares. Root-only and
     /// memory-backed; must be an absolute path; kv creates it 0700.
     pub state_dir: Option<PathBuf>,
-    /// Most Key Vault requests in flight to one vault from all kv processes of the node.
+    /// Most kv processes of the node with Key Vault requests in flight to one vault (set) at
+    /// once; each shares one slot among its requests (see `nodestate::admission`).
     pub vault_requests_per_node: Option<u32>,
 }
 

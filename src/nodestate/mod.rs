@@ -10,13 +10,18 @@
 //! <root>/            0700, owned by root (or the running user, for tests)
 //!   tokens/          token cache: one 0600 file per identity key (see [`tokens`]), its
 //!                    `<name>.lock` for single flight, `.key` the node key for keyed hashes
-//!   slots/           `<name>.<i>`: cross-process counting semaphores (see [`slots`])
-//!   throttle/        "host H answered 429 until T" (see [`throttle`])
+//!   slots/           `<name>.<i>`: cross-process counting semaphores with a fair share per
+//!                    namespace (see [`slots`])
+//!   throttle/        "who was throttled (a host, or an AAD app) until T" (see [`throttle`])
 //! ```
+//!
+//! [`admission`] is how a request goes through both: wait out the window, take a slot, record
+//! a 429.
 //!
 //! Every entry point takes the root from a [`NodeState`], so tests use a temporary directory.
 //! See docs/node-state.md for the design.
 
+pub mod admission;
 mod flock;
 mod key;
 mod private;
@@ -28,6 +33,7 @@ pub mod tokens;
 #[cfg(test)]
 mod tests;
 
+pub use admission::{Admission, Gate, Ticket};
 pub use key::{CacheKey, Identity, Kind, NodeId};
 pub use slots::SlotGuard;
 pub use summary::{Summary, ThrottleEntry, TokenEntry};

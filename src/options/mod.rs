@@ -20,7 +20,7 @@ pub use identity::{
     ClientCredential, Identity, ManagedIdentity, TokenFile, TokenPath, DEFAULT_TOKEN_PATH,
     TOKEN_EXCHANGE_AUDIENCE,
 };
-pub use objects::{ObjectSpec, MAX_OBJECTS, MAX_VERSION_HISTORY};
+pub use objects::{ObjectSpec, MAX_OBJECTS, MAX_VAULTS, MAX_VERSION_HISTORY};
 pub use values::{
     parse_bool, parse_mode, parse_size, validate_file_name, validate_object_name,
     validate_vault_name,

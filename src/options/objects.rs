@@ -18,6 +18,9 @@ use super::values::{
 pub const MAX_OBJECTS: usize = 1000;
 /// The most versions `objectVersionHistory` may ask for.
 pub const MAX_VERSION_HISTORY: u32 = 50;
+/// The most distinct vaults one volume may name: each is a connection, a TLS handshake and a
+/// turn at the node's request slots, and a pod must not make kv reach hundreds of hosts.
+pub const MAX_VAULTS: usize = 16;
 
 /// One Key Vault object to fetch and the file(s) it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +241,23 @@ pub(super) fn parse(raw: &RawOptions) -> Result<Vec<ObjectSpec>> {
         .map(|(f, origin)| f.build(origin, default_vault, split))
         .collect::<Result<Vec<_>>>()?;
     check_unique_files(&objects)?;
+    check_vault_count(&objects)?;
     Ok(objects)
+}
+
+/// At most [`MAX_VAULTS`] vaults (names compared as Key Vault does, case-insensitively).
+fn check_vault_count(objects: &[ObjectSpec]) -> Result<()> {
+    let vaults: std::collections::BTreeSet<String> = objects
+        .iter()
+        .map(|o| o.vault.to_ascii_lowercase())
+        .collect();
+    if vaults.len() > MAX_VAULTS {
+        return Err(Error::options(format!(
+            "the objects name {} vaults; one volume may name at most {MAX_VAULTS}: spread the objects over more volumes",
+            vaults.len()
+        )));
+    }
+    Ok(())
 }
 
 fn too_many(count: usize) -> Result<()> {
