@@ -82,6 +82,11 @@ impl Connected {
             seen,
         )
     }
+
+    /// Raises the signal without a connection (the first request ended without one).
+    pub fn raise(&self) {
+        self.up.send_replace(true);
+    }
 }
 
 impl<S> tower_layer::Layer<S> for Connected {
@@ -132,7 +137,7 @@ where
                     learned_http1(&signal.host);
                 }
             }
-            signal.up.send_replace(true);
+            signal.raise();
             connection
         })
     }

@@ -295,7 +295,8 @@ pub struct Fetcher {
     pub limits: Limits,
 }
 
-/// Raised once a vault's first connection is up: its other requests then share it.
+/// Raised once a vault's first connection is up (or its first request ended without one): its
+/// other requests then share it.
 type Connected = tokio::sync::watch::Receiver<bool>;
 
 /// One vault of the volume: the clients that send the token with every request, and the
@@ -304,6 +305,15 @@ struct Vault<'a> {
     name: &'a str,
     bearer: Arc<VaultClients>,
     connected: Connected,
+}
+
+/// An object's part in its vault's plan.
+enum Turn {
+    /// The vault's first object: it goes at once, and raises the signal when it ends, whatever
+    /// its outcome (a request refused before it connected must not leave the others waiting).
+    First(crate::http::Connected),
+    /// Another object: it waits for the token and the signal.
+    Next(Connected),
 }
 
 impl Fetcher {
@@ -375,17 +385,16 @@ impl Fetcher {
         // Per object, in order: the clients it uses, and what it waits for. The first object of
         // each vault goes at once; the rest wait for the token and the vault's connection.
         let mut vaults: Vec<Vault<'_>> = Vec::new();
-        let mut plan: Vec<(Arc<VaultClients>, Option<Connected>)> =
-            Vec::with_capacity(objects.len());
+        let mut plan: Vec<(Arc<VaultClients>, Turn)> = Vec::with_capacity(objects.len());
         for o in objects {
             if let Some(v) = vaults.iter().find(|v| v.name == o.vault) {
-                plan.push((v.bearer.clone(), Some(v.connected.clone())));
+                plan.push((v.bearer.clone(), Turn::Next(v.connected.clone())));
                 continue;
             }
             let url = self.cloud.vault_url(&o.vault);
             let host = format!("{}.{}", o.vault, self.cloud.vault_dns_suffix).to_ascii_lowercase();
             let (signal, connected) = crate::http::Connected::new(&host);
-            let client = crate::http::client_with(self.tls.clone(), Some(signal))?;
+            let client = crate::http::client_with(self.tls.clone(), Some(signal.clone()))?;
             let admission = self.admission(&host);
             let bearer = Arc::new(VaultClients::new(
                 &url,
@@ -406,26 +415,36 @@ impl Fetcher {
                 bearer,
                 connected,
             });
-            plan.push((first, None));
+            plan.push((first, Turn::First(signal)));
         }
-        let futures = objects.iter().zip(plan).enumerate().map(
-            |(index, (o, (clients, connected)))| async move {
-                if let Some(mut connected) = connected {
-                    // Park before the SDK builds the request, so the token request and each
-                    // vault's first request leave first instead of after N request setups.
-                    // Without a token there is nothing to send.
-                    self.provider.token(&self.cloud.vault_resource).await?;
-                    // Then wait for the vault's connection, so every request rides the one
-                    // HTTP/2 connection the first opened instead of each opening its own; a
-                    // few turns of the runtime let the client put it in its pool.
-                    let _ = connected.wait_for(|up| *up).await;
-                    for _ in 0..3 {
-                        tokio::task::yield_now().await;
+        let futures =
+            objects
+                .iter()
+                .zip(plan)
+                .enumerate()
+                .map(|(index, (o, (clients, turn)))| async move {
+                    match turn {
+                        Turn::First(signal) => {
+                            let fetched = self.fetch_one(index, o, &clients, shared).await;
+                            signal.raise();
+                            fetched
+                        }
+                        Turn::Next(mut connected) => {
+                            // Park before the SDK builds the request, so the token request and each
+                            // vault's first request leave first instead of after N request setups.
+                            // Without a token there is nothing to send.
+                            self.provider.token(&self.cloud.vault_resource).await?;
+                            // Then wait for the vault's connection, so every request rides the one
+                            // HTTP/2 connection the first opened instead of each opening its own; a
+                            // few turns of the runtime let the client put it in its pool.
+                            let _ = connected.wait_for(|up| *up).await;
+                            for _ in 0..3 {
+                                tokio::task::yield_now().await;
+                            }
+                            self.fetch_one(index, o, &clients, shared).await
+                        }
                     }
-                }
-                self.fetch_one(index, o, &clients, shared).await
-            },
-        );
+                });
         let results =
             tokio::time::timeout(self.deadline.remaining() + crate::retry::OUTER_GRACE, join_all(futures))
             .await

@@ -176,6 +176,33 @@ fn one_applications_aad_throttling_does_not_stop_another() {
     assert_eq!(node.file(&dir, "db-password"), b"s3cr3t-P@ssw0rd");
 }
 
+/// A vault host's window stays node-wide (Key Vault throttles per vault): a mount of two of its
+/// objects while the window outlasts the deadline fails at once with `KV429_THROTTLED` naming
+/// the vault, not, its second object waiting for a connection the first never opened, with a
+/// bare `KV_TIMEOUT` at the deadline.
+#[test]
+fn a_vault_window_past_the_deadline_is_reported_as_such() {
+    let mut s = scenario();
+    s["faults"] = json!([{"endpoint": "keyvault", "path_contains": "/secrets/db-password",
+                          "count": 1, "action": "status", "status": 429, "retry_after": 30}]);
+    let node = Node::with(s, json!({"deadlineSeconds": 10}));
+    let dir = node.volume_dir("first");
+    node.mount(&dir, volume("hostile", node_identity()))
+        .assert_failure("KV429_THROTTLED");
+    let dir = node.volume_dir("second");
+    let mut options = volume("victim", node_identity());
+    options["keyvaultobjectnames"] = json!("multiline;unicode");
+    options["keyvaultobjecttypes"] = json!("secret;secret");
+    let c = node.mount(&dir, options);
+    c.assert_failure("KV429_THROTTLED");
+    assert!(
+        c.message().contains("kvdemo.vault.azure.net"),
+        "{}",
+        c.message()
+    );
+    node.assert_nothing_left(&dir);
+}
+
 // --- item 6: slot files bounded whatever pods ask ---------------------------------------------
 
 /// M4: one volume may name at most 16 vaults: beyond, one clear `KV_OPTIONS` Failure naming
