@@ -180,7 +180,8 @@ pub struct NodeConfig {
     /// records and rotation records every kv process of the node shares. Root-only and
     /// memory-backed; must be an absolute path; kv creates it 0700.
     pub state_dir: Option<PathBuf>,
-    /// Most Key Vault requests in flight to one vault from all kv processes of the node.
+    /// Most kv processes of the node with Key Vault requests in flight to one vault (set) at
+    /// once; each shares one slot among its requests (see `nodestate::admission`).
     pub vault_requests_per_node: Option<u32>,
 }
 
@@ -457,6 +458,28 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether namespace `ns` may use any of the node's identities (`"*"` for it or for every
+    /// namespace, or `nodeIdentityNamespaces`): then a request for the system-assigned identity
+    /// may be answered with the VM's only user-assigned one, as v0.0.17 allowed; otherwise
+    /// `"system"` means the VM's own identity only.
+    pub fn allows_any_node_identity(&self, ns: &str) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let listed_ns = policy
+            .node_identity_namespaces
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|a| a == ns));
+        listed_ns
+            || policy
+                .node_identities
+                .iter()
+                .flat_map(|m| [m.get(ns), m.get("*")])
+                .flatten()
+                .flatten()
+                .any(|entry| entry == "*")
     }
 
     /// A node identity is a credential of the node shared by every pod on it: only the

@@ -59,8 +59,36 @@ pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> 
             .identity_by_client_id(cid)
             .filter(|i| *i.kind() != IdentityKind::ServicePrincipal)
             .ok_or_else(not_found),
-        None => Err(not_found()),
+        // Azure: without a system-assigned identity, a request naming none gets the VM's
+        // user-assigned identity when there is exactly one (e.g. an AKS node pool's kubelet
+        // identity); with several it is an error.
+        None => match cfg.user.as_slice() {
+            [only] => user(&|i| i.spec.client_id.eq_ignore_ascii_case(only)),
+            _ => Err(not_found()),
+        },
     }
+}
+
+/// The `xms_mirid` claim of the identity's tokens: the VM's resource id for the
+/// system-assigned identity, the identity's own resource id for a user-assigned one.
+fn mirid(state: &State, id: &IdentityState) -> String {
+    let cfg = &state.scenario.imds;
+    let system = cfg
+        .system
+        .as_deref()
+        .is_some_and(|c| c.eq_ignore_ascii_case(&id.spec.client_id));
+    if system {
+        return cfg
+            .vm_resource_id
+            .clone()
+            .unwrap_or_else(|| crate::scenario::DEFAULT_VM_RESOURCE_ID.to_string());
+    }
+    id.spec.msi_res_id.clone().unwrap_or_else(|| {
+        format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            id.spec.name.as_deref().unwrap_or(&id.spec.client_id)
+        )
+    })
 }
 
 pub fn handle(state: &State, r: &Req) -> Resp {
@@ -101,12 +129,13 @@ pub fn handle(state: &State, r: &Req) -> Resp {
         )
         .with_identity(Some(id.spec.client_id.clone()));
     }
-    let t = crate::token::issue(
+    let t = crate::token::issue_managed(
         resource,
         &id.spec.client_id,
         &id.object_id,
         &id.spec.tenant,
         state.lifetime,
+        Some(&mirid(state, id)),
     );
     let body = json!({
         "access_token": t.jwt,

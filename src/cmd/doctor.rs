@@ -253,7 +253,11 @@ fn workload_token(r: &mut Report, args: &DoctorArgs, mut spec: VolumeSpec) -> Vo
         return spec;
     };
     let file = match (&args.token_file, &spec.pod.uid) {
-        (Some(f), _) => TokenFile::File(f.clone()),
+        (Some(f), _) => TokenFile::File {
+            path: f.clone(),
+            // Checked against the options' namespace and service account when they name them.
+            bound: spec.pod.namespace.is_some() && spec.pod.service_account.is_some(),
+        },
         (None, Some(uid)) => {
             let root = args
                 .kubelet_root
@@ -273,11 +277,8 @@ fn workload_token(r: &mut Report, args: &DoctorArgs, mut spec: VolumeSpec) -> Vo
     let result = pipeline::block_on(async {
         let jwt = crate::auth::projected::read(&file, &Deadline::after(TOKEN_PROBE)).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = crate::auth::projected::check(
-            &jwt,
-            crate::auth::projected::subject_of(&spec.pod).as_deref(),
-            now,
-        )?;
+        let binding = crate::auth::projected::Binding::for_token(&file, &spec.pod)?;
+        let claims = crate::auth::projected::check(&jwt, binding.as_ref(), now)?;
         Ok((claims, now))
     });
     match result {

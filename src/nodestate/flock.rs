@@ -27,6 +27,13 @@ pub(super) struct Held {
     name: String,
 }
 
+impl Held {
+    /// The locked file (a slot writes its owner's tag into it).
+    pub(super) fn file(&self) -> &OwnedFd {
+        &self.file
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         // Still held: nobody else can have replaced the file at this name meanwhile.
@@ -38,7 +45,7 @@ impl Drop for Held {
 
 /// Opens (creating 0600, no symlink followed) the lock file `dir/name`; a link or a file
 /// someone else owns is removed and replaced.
-fn open(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+pub(super) fn open(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
     let flags =
         OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     for _ in 0..2 {
@@ -149,6 +156,16 @@ pub(super) fn try_file(dir: &OwnedFd, name: &str) -> io::Result<Option<Held>> {
         Ok(_) | Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A lock the caller took itself on `dir/name` (opened with [`open`]) while it alone could take
+/// that name (under another lock guarding the name): held and removed on release like any.
+pub(super) fn adopt(dir: &OwnedFd, name: &str, file: OwnedFd) -> io::Result<Held> {
+    Ok(Held {
+        file,
+        dir: rustix::io::dup(dir.as_fd())?,
+        name: name.to_owned(),
+    })
 }
 
 /// Removes the lock files of `dir` that nobody holds (left by holders that died); returns how

@@ -11,8 +11,9 @@
 //! <root>/            0700, owned by root (or the running user, for tests)
 //!   tokens/          token cache: one 0600 file per identity key (see [`tokens`]), its
 //!                    `<name>.lock` while one process fetches it, `.key` the node key
-//!   slots/           `<name>.<i>`: cross-process counting semaphores (see [`slots`])
-//!   throttle/        "host H answered 429 until T" (see [`throttle`])
+//!   slots/           `<name>.<i>`: cross-process counting semaphores with a fair share per
+//!                    namespace (see [`slots`])
+//!   throttle/        "who was throttled (a host, or an AAD app) until T" (see [`throttle`])
 //!   locks/           `<sha256(mount dir)>.lock`: one call at a time per volume ([`locks`])
 //!   volumes/         the rotation agent's record and status of each rotating volume
 //!                    ([`volumes`])
@@ -20,12 +21,16 @@
 //!   pods-dir         kubelet's pods directory, for sweeping ([`sweep`])
 //! ```
 //!
+//! [`admission`] is how a request goes through slots and throttle windows: wait out the
+//! window, take a slot, record a 429.
+//!
 //! One set of rules for every file: directories 0700 and ours ([`private`]), files read only
 //! through the one trusted-file reader, written only atomically, lock files present only while
 //! held ([`flock`]), and whatever a gone pod or a dead process left swept ([`sweep`]).
 //! Every entry point takes the root from a [`NodeState`], so tests use a temporary directory.
 //! See docs/node-state.md for the layout, owners and bounds.
 
+pub mod admission;
 mod agent_mounts;
 mod flock;
 mod key;
@@ -42,6 +47,7 @@ pub mod volumes;
 #[cfg(test)]
 mod tests;
 
+pub use admission::{Admission, Gate, Ticket};
 pub use agent_mounts::AgentMountPoint;
 pub use key::{CacheKey, Identity, Kind, NodeId};
 pub use locks::VolumeLock;

@@ -933,3 +933,64 @@ fn summary_lists_entries_and_throttles_without_token_values() {
         "{text}"
     );
 }
+
+#[test]
+fn a_namespace_holding_its_share_leaves_the_rest_to_the_others() {
+    let root = Root::new("fair");
+    let rt = runtime();
+    let take = |owner: &str, n: usize, wait: Duration| {
+        rt.block_on(
+            root.state
+                .acquire_fair("vault-a", n, Some(owner), Instant::now() + wait),
+        )
+    };
+    let far = Duration::from_secs(10);
+    let soon = Duration::from_millis(100);
+    // 4 slots, a share of 1: alone, one namespace takes 3 and one stays for the others...
+    let hostile: Vec<_> = (0..3).map(|_| take("hostile", 4, far).unwrap()).collect();
+    assert_eq!(take("hostile", 4, soon).unwrap_err().code(), Code::Timeout);
+    // ... which another namespace gets at once.
+    let victim = take("victim", 4, soon).unwrap();
+    assert_eq!(take("third", 4, soon).unwrap_err().code(), Code::Timeout);
+    drop(hostile);
+    drop(victim);
+    // 2 slots: one each.
+    let hostile = take("hostile", 2, far).unwrap();
+    assert_eq!(take("hostile", 2, soon).unwrap_err().code(), Code::Timeout);
+    let victim = take("victim", 2, soon).unwrap();
+    assert_ne!(hostile.index(), victim.index());
+    // Without an owner it is a plain semaphore; files: the slots looked at and the set's lock.
+    drop((hostile, victim));
+    let all: Vec<_> = (0..4)
+        .map(|_| {
+            root.state
+                .acquire("vault-a", 4, Instant::now() + far)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(all.len(), 4);
+    let mut names = names_in(&root.path("slots"));
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "vault-a.0",
+            "vault-a.1",
+            "vault-a.2",
+            "vault-a.3",
+            "vault-a.lock"
+        ]
+    );
+}
+
+#[test]
+fn vault_hosts_map_onto_a_fixed_set_of_slot_sets() {
+    let sets: std::collections::BTreeSet<String> = (0..1000)
+        .map(|i| slots::vault_set(&format!("vault{i}.vault.azure.net")))
+        .collect();
+    assert_eq!(sets.len(), slots::VAULT_BUCKETS);
+    assert_eq!(
+        slots::vault_set("KV.vault.azure.net"),
+        slots::vault_set("kv.vault.azure.net")
+    );
+}

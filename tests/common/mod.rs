@@ -171,6 +171,23 @@ impl Node {
         ])
     }
 
+    /// `kv mount <dir> <options>` started in the background (kubelet runs a pod's mounts
+    /// concurrently), stdout and stderr piped; the caller waits for or kills it.
+    pub fn start_mount(&self, dir: &Path, options: Value) -> std::process::Child {
+        let json = kubelet_options(dir, options).to_string();
+        self.ns
+            .command(&self.kv)
+            .arg("mount")
+            .arg(dir)
+            .arg(json)
+            .env("KV_LOG_FILE", &self.log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kv mount")
+    }
+
     pub fn unmount(&self, dir: &Path) -> Call {
         self.kv(&[std::ffi::OsStr::new("unmount"), dir.as_os_str()])
     }
