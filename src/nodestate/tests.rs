@@ -959,7 +959,8 @@ fn a_namespace_holding_its_share_leaves_the_rest_to_the_others() {
     assert_eq!(take("hostile", 2, soon).unwrap_err().code(), Code::Timeout);
     let victim = take("victim", 2, soon).unwrap();
     assert_ne!(hostile.index(), victim.index());
-    // Without an owner it is a plain semaphore; files: the slots looked at and the set's lock.
+    // Without an owner it is a plain semaphore; files: the slots held, only while held (the
+    // set's lock is gone with its holder).
     drop((hostile, victim));
     let all: Vec<_> = (0..4)
         .map(|_| {
@@ -971,16 +972,9 @@ fn a_namespace_holding_its_share_leaves_the_rest_to_the_others() {
     assert_eq!(all.len(), 4);
     let mut names = names_in(&root.path("slots"));
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "vault-a.0",
-            "vault-a.1",
-            "vault-a.2",
-            "vault-a.3",
-            "vault-a.lock"
-        ]
-    );
+    assert_eq!(names, ["vault-a.0", "vault-a.1", "vault-a.2", "vault-a.3",]);
+    drop(all);
+    assert!(names_in(&root.path("slots")).is_empty());
 }
 
 #[test]
