@@ -59,7 +59,9 @@ def base_scenario():
         for p in ("pod-identity", "fsgroup", "ro-volume", "ro-mount", "restart-a", "restart-b",
                   "upgrade-0", "upgrade-1", "upgrade-2", "upgrade-3", "upgrade-4", "upgrade-5",
                   "many-0", "many-1", "many-2", "many-3", "many-4", "many-5")
-    ] + [{"namespace": "kv-demo", "pod": "kv-demo-pod-identity", "client_id": POD_IDENTITY_CLIENT}]
+    ] + [{"namespace": "kv-demo", "pod": p, "client_id": POD_IDENTITY_CLIENT}
+         # The examples whose pods use pod identity (kv-demo-identity, as MIC would assign it).
+         for p in ("kv-demo-pod-identity", "kv-demo-json-fields", "kv-demo-select-by-tags")]
     # The cluster's service accounts (the local cluster signs their tokens as the emulator's
     # test issuer) federated with the workload identity, as workload-identity*.yaml say.
     doc["federated_credentials"] += [
