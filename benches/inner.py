@@ -98,12 +98,12 @@ class Bench:
         os.makedirs(plugin, exist_ok=True)
         self.kv = os.path.join(plugin, "kv")
         shutil.copy2(plan["kv"], self.kv)
+        self.state = os.path.join(self.work, "state")
         with open(os.path.join(plugin, "kv.json"), "w") as f:
-            # Every mount measured cold: its own token request (the node token cache would
-            # serve every mount after the first; benches/burst measures that), and the node
-            # identity allowed (kv refuses it without a policy). State in the work dir.
-            json.dump({"tokenCache": False, "stateDir": os.path.join(self.work, "state"),
-                       "policy": {"nodeIdentities": {"*": ["*"]}}}, f)
+            # The node token cache on, as shipped: a cold mount is measured with the cache
+            # emptied first (the first mount on the node), a warm one right after it, with the
+            # token it cached. The node identity allowed (kv refuses it without a policy).
+            json.dump({"stateDir": self.state, "policy": {"nodeIdentities": {"*": ["*"]}}}, f)
         self.kv_log = os.path.join(self.work, "kv-driver.log")
         self.env = dict(os.environ, KV_LOG_FILE=self.kv_log)
         self.samples = []
@@ -128,7 +128,10 @@ class Bench:
         self.pending = None
 
     def _check(self, s: dict) -> None:
-        """Request plan invariant for kv mounts: 1 token + ≤ 1 challenge (one vault) + N."""
+        """Request plan invariant for kv mounts: cold, 1 token + ≤ 1 challenge (one vault) + N;
+        warm (the token cached), N and nothing else."""
+        if s.get("tool") == "kv-warm":
+            return self._check_warm(s)
         if s.get("tool") != "kv" or s.get("case") == "init":
             return
         st, c = s["statuses"], s["counts"]
@@ -156,6 +159,22 @@ class Bench:
                                     "latency": self.latency, "seq": s.get("seq"),
                                     "problems": problems, "statuses": st})
 
+    def _check_warm(self, s: dict) -> None:
+        st, c = s["statuses"], s["counts"]
+        n = s["n"]
+        problems = []
+        tok_all = sum(c.get(ep, 0) for ep in TOKEN_ENDPOINTS)
+        if tok_all:
+            problems.append(f"{tok_all} token requests (want 0: the token is cached)")
+        if st.get("keyvault:401", 0):
+            problems.append(f"{st['keyvault:401']} challenges (want 0: the token is cached)")
+        if st.get("keyvault:200", 0) != n or c.get("keyvault", 0) != n:
+            problems.append(f"{c.get('keyvault', 0)} Key Vault requests, {st.get('keyvault:200', 0)} 200s (want N={n})")
+        if problems:
+            self.violations.append({"case": "warm", "mode": s.get("mode"), "n": n,
+                                    "latency": self.latency, "seq": s.get("seq"),
+                                    "problems": problems, "statuses": st})
+
     # --- tools ---------------------------------------------------------------------------
     def kv_options(self, mode: str, names: list, objects: list = None) -> dict:
         o = {"keyvaultname": "kvdemo",
@@ -177,23 +196,28 @@ class Bench:
             o["kubernetes.io/secret/clientsecret"] = b64(SP_SECRET)
         return o
 
-    def volume_dir(self) -> tuple:
+    def volume_dir(self, uid: str = None) -> tuple:
         self.seq += 1
-        uid = f"{self.seq:08x}-bench-uid"
+        uid = uid or f"{self.seq:08x}-bench-uid"
         d = os.path.join(self.work, "kubelet", "pods", uid, "volumes", "azure~kv", "bench")
         os.makedirs(d)
         os.chmod(d, 0o750)
         return d, uid
 
-    def run_kv(self, mode: str, names: list, case: str, objects: list = None, **extra) -> dict:
-        """One mount of `names` (or of what the `objects` entries select: `names` are the
-        expected matches)."""
-        d, uid = self.volume_dir()
+    def run_kv(self, mode: str, names: list, case: str, objects: list = None,
+               warm_uid: str = None, **extra) -> dict:
+        """One `kv mount` + unmount of `names` (or of what the `objects` entries select:
+        `names` are the expected matches). Cold (default): the node's token cache emptied
+        first, as on the first mount of the node. Warm: `warm_uid` is the pod of the cold mount
+        just before (pod identity tokens are cached per pod), whose token is in the cache."""
+        if warm_uid is None:
+            shutil.rmtree(os.path.join(self.state, "tokens"), ignore_errors=True)
+        d, uid = self.volume_dir(warm_uid)
         opts = self.kv_options(mode, names, objects)
         opts["kubernetes.io/pod.uid"] = uid
         opts["kubernetes.io/pvOrVolumeName"] = "bench"
-        sample = {"tool": "kv", "mode": mode, "n": len(names), "latency": self.latency,
-                  "case": case, "seq": self.seq, **extra}
+        sample = {"tool": "kv" if warm_uid is None else "kv-warm", "mode": mode, "n": len(names),
+                  "latency": self.latency, "case": case, "seq": self.seq, "uid": uid, **extra}
         self._begin(sample)
         r = spawn([self.kv, "mount", d, json.dumps(opts)], self.env)
         reply = r["stdout"].strip()
@@ -286,7 +310,8 @@ class Bench:
                     log(f"lat={self.latency} N={n} mode={mode} {tool} ×{reps}")
                     for _ in range(reps):
                         if tool == "kv":
-                            self.run_kv(mode, names, "grid")
+                            cold = self.run_kv(mode, names, "grid")
+                            self.run_kv(mode, names, "grid", warm_uid=cold["uid"])
                         else:
                             self.run_script(tool, mode, names)
 

@@ -16,8 +16,10 @@ use std::time::Duration;
 
 /// The file name beside the binary.
 pub const FILE_NAME: &str = "kv.json";
-/// Default log file (v0.0.17's path).
-pub const DEFAULT_LOG_PATH: &str = "/var/log/kv-driver.log";
+/// Default log file, in a directory kv creates 0700 (the file is 0600).
+pub const DEFAULT_LOG_PATH: &str = "/var/log/kv/kv-driver.log";
+/// Default cap on what the agent writes per version of one rotating volume.
+pub const DEFAULT_MAX_ROTATING_VOLUME_BYTES: u64 = 1 << 20;
 /// Default mount deadline: well under kubelet's 2m3s pod-start wait.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Default cap on one volume's tmpfs.
@@ -78,6 +80,9 @@ pub struct RotationConfig {
     pub default_interval: Option<String>,
     /// Smallest interval (Go duration, default 30s): smaller ones are raised to it.
     pub min_interval: Option<String>,
+    /// Largest rotating volume in bytes of tmpfs per version (default 1 MiB): a bigger one is
+    /// refused at mount, and a refresh that grows past it fails.
+    pub max_volume_bytes: Option<u64>,
 }
 
 /// The `kv.json` key that allows node identities, named in refusals.
@@ -95,6 +100,8 @@ pub struct RotationPolicy {
     pub default_interval: Option<Duration>,
     /// `rotation.minInterval` (default [`DEFAULT_MIN_ROTATION_INTERVAL`]).
     pub min_interval: Duration,
+    /// `rotation.maxVolumeBytes` (default [`DEFAULT_MAX_ROTATING_VOLUME_BYTES`]).
+    pub max_volume_bytes: u64,
 }
 
 impl Default for RotationPolicy {
@@ -103,6 +110,7 @@ impl Default for RotationPolicy {
             enabled: true,
             default_interval: None,
             min_interval: DEFAULT_MIN_ROTATION_INTERVAL,
+            max_volume_bytes: DEFAULT_MAX_ROTATING_VOLUME_BYTES,
         }
     }
 }
@@ -124,6 +132,22 @@ impl RotationPolicy {
         Ok(asked
             .or(self.default_interval)
             .map(|d| d.max(self.min_interval)))
+    }
+
+    /// Refuses a rotating volume whose version takes more than `rotation.maxVolumeBytes` of
+    /// tmpfs: the agent writes every version, and the tmpfs pages it writes are charged to its
+    /// memory cgroup for as long as the version is live.
+    pub fn check_size(&self, bytes: u64) -> Result<()> {
+        if bytes <= self.max_volume_bytes {
+            return Ok(());
+        }
+        Err(Error::new(
+            crate::error::Code::Policy,
+            format!(
+                "the rotating volume takes {bytes} bytes of tmpfs per version, above this node's cap of {} (node config rotation.maxVolumeBytes): mount it without rotationpollinterval, or ask the cluster operator to raise the cap",
+                self.max_volume_bytes
+            ),
+        ))
     }
 }
 
@@ -156,20 +180,24 @@ pub struct NodeConfig {
     /// records and rotation records every kv process of the node shares. Root-only and
     /// memory-backed; must be an absolute path; kv creates it 0700.
     pub state_dir: Option<PathBuf>,
-    /// Most Key Vault requests in flight to one vault from all kv processes of the node.
+    /// Most kv processes of the node with Key Vault requests in flight to one vault (set) at
+    /// once; each shares one slot among its requests (see `nodestate::admission`).
     pub vault_requests_per_node: Option<u32>,
 }
 
 impl NodeConfig {
     /// Reads `kv.json` beside the running binary; missing file = defaults.
     pub fn load_beside_binary() -> Result<NodeConfig> {
-        match std::env::current_exe() {
-            Ok(exe) => match exe.parent() {
-                Some(dir) => NodeConfig::load(&dir.join(FILE_NAME)),
-                None => Ok(NodeConfig::default()),
-            },
-            Err(_) => Ok(NodeConfig::default()),
+        match NodeConfig::path_beside_binary() {
+            Some(path) => NodeConfig::load(&path),
+            None => Ok(NodeConfig::default()),
         }
+    }
+
+    /// `kv.json` beside the running binary.
+    pub fn path_beside_binary() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.join(FILE_NAME))
     }
 
     /// Reads a config file; missing file = defaults. The file decides where credentials are
@@ -308,6 +336,15 @@ impl NodeConfig {
         if let Some(t) = &r.default_interval {
             policy.default_interval = Some(duration("defaultInterval", t)?);
         }
+        if let Some(n) = r.max_volume_bytes {
+            if n == 0 {
+                return Err(Error::new(
+                    Code::Config,
+                    "rotation.maxVolumeBytes must be above 0",
+                ));
+            }
+            policy.max_volume_bytes = n;
+        }
         Ok(policy)
     }
 
@@ -421,6 +458,28 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether namespace `ns` may use any of the node's identities (`"*"` for it or for every
+    /// namespace, or `nodeIdentityNamespaces`): then a request for the system-assigned identity
+    /// may be answered with the VM's only user-assigned one, as v0.0.17 allowed; otherwise
+    /// `"system"` means the VM's own identity only.
+    pub fn allows_any_node_identity(&self, ns: &str) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let listed_ns = policy
+            .node_identity_namespaces
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|a| a == ns));
+        listed_ns
+            || policy
+                .node_identities
+                .iter()
+                .flat_map(|m| [m.get(ns), m.get("*")])
+                .flatten()
+                .flatten()
+                .any(|entry| entry == "*")
     }
 
     /// A node identity is a credential of the node shared by every pod on it: only the
@@ -559,7 +618,7 @@ mod tests {
         assert_eq!(c.deadline(), DEFAULT_DEADLINE);
         assert_eq!(c.nmi_port(), 2579);
         assert_eq!(c.tmpfs_max_bytes(), 64 << 20);
-        assert_eq!(c.log_path(None), PathBuf::from("/var/log/kv-driver.log"));
+        assert_eq!(c.log_path(None), PathBuf::from("/var/log/kv/kv-driver.log"));
         assert_eq!(c.log_path(Some("/x".into())), PathBuf::from("/x"));
     }
 
@@ -589,12 +648,20 @@ mod tests {
         assert_eq!(c.rotation(), RotationPolicy::default());
         assert_eq!(c.state_dir(), PathBuf::from("/run/kv"));
         let c = NodeConfig::parse(
-            r#"{"rotation":{"enabled":true,"defaultInterval":"5m","minInterval":"1s"},"stateDir":"/run/kv2"}"#,
+            r#"{"rotation":{"enabled":true,"defaultInterval":"5m","minInterval":"1s","maxVolumeBytes":4096},"stateDir":"/run/kv2"}"#,
         )
         .unwrap();
         let r = c.rotation();
         assert_eq!(r.default_interval, Some(Duration::from_secs(300)));
         assert_eq!(r.min_interval, Duration::from_secs(1));
+        assert!(r.check_size(4096).is_ok());
+        let e = r.check_size(4097).unwrap_err();
+        assert_eq!(e.code(), Code::Policy);
+        assert!(e.message().contains("rotation.maxVolumeBytes"), "{e}");
+        assert_eq!(
+            RotationPolicy::default().max_volume_bytes,
+            DEFAULT_MAX_ROTATING_VOLUME_BYTES
+        );
         assert_eq!(c.state_dir(), PathBuf::from("/run/kv2"));
         assert!(
             !NodeConfig::parse(r#"{"rotation":{"enabled":false}}"#)
@@ -612,6 +679,10 @@ mod tests {
                 "rotation.defaultInterval must be above 0",
             ),
             (r#"{"rotation":{"interval":"1m"}}"#, "unknown field"),
+            (
+                r#"{"rotation":{"maxVolumeBytes":0}}"#,
+                "rotation.maxVolumeBytes must be above 0",
+            ),
             (
                 r#"{"stateDir":"run/kv"}"#,
                 "stateDir must be an absolute path",

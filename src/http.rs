@@ -21,8 +21,8 @@ const BUNDLES: &[&str] = &[
 /// Most connections to one host (Key Vault and IMDS limit concurrent requests per client).
 pub const MAX_IDLE_PER_HOST: usize = 32;
 
-/// Builds the client.
-pub fn client() -> Result<reqwest::Client> {
+/// The TLS setup every client of the call uses (read once: the bundle is parsed per process).
+pub fn tls_config() -> Result<rustls::ClientConfig> {
     let roots = roots()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -31,14 +31,116 @@ pub fn client() -> Result<reqwest::Client> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    Ok(tls)
+}
+
+/// Builds the client.
+pub fn client() -> Result<reqwest::Client> {
+    client_with(tls_config()?, None)
+}
+
+/// Builds a client with this TLS setup; with `connected`, it tells when its first connection
+/// is up (see [`Connected`]).
+pub fn client_with(
+    tls: rustls::ClientConfig,
+    connected: Option<Connected>,
+) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST);
+    if let Some(connected) = connected {
+        builder = builder.connector_layer(connected);
+    }
+    builder
         .build()
         .map_err(|e| Error::new(Code::Internal, format!("HTTP client setup: {e}")))
+}
+
+/// Raised when a client's first connection attempt to its host ended (connected, TLS and
+/// protocol negotiated, or failed): from then on that host's requests share the connection
+/// (HTTP/2) or take the host's permits (HTTP/1.1, learned here from ALPN) instead of each
+/// opening, and TLS-handshaking, a connection of its own. A client per vault host, so the
+/// signal is that host's.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    host: String,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Connected {
+    /// The signal for `host` and a receiver that sees it.
+    pub fn new(host: &str) -> (Connected, tokio::sync::watch::Receiver<bool>) {
+        let (up, seen) = tokio::sync::watch::channel(false);
+        (
+            Connected {
+                host: host.to_ascii_lowercase(),
+                up: Arc::new(up),
+            },
+            seen,
+        )
+    }
+
+    /// Raises the signal without a connection (the first request ended without one).
+    pub fn raise(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl<S> tower_layer::Layer<S> for Connected {
+    type Service = ConnectedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConnectedService {
+            inner,
+            signal: self.clone(),
+        }
+    }
+}
+
+/// reqwest's connector with the [`Connected`] signal.
+#[derive(Debug, Clone)]
+pub struct ConnectedService<S> {
+    inner: S,
+    signal: Connected,
+}
+
+impl<S, R> tower_service::Service<R> for ConnectedService<S>
+where
+    S: tower_service::Service<R>,
+    S::Response: hyper_util::client::legacy::connect::Connection,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<S::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let connecting = self.inner.call(request);
+        let signal = self.signal.clone();
+        Box::pin(async move {
+            let connection = connecting.await;
+            if let Ok(c) = &connection {
+                use hyper_util::client::legacy::connect::Connection;
+                if !c.connected().is_negotiated_h2() {
+                    learned_http1(&signal.host);
+                }
+            }
+            signal.raise();
+            connection
+        })
+    }
 }
 
 fn roots() -> Result<rustls::RootCertStore> {
@@ -116,17 +218,16 @@ fn learned_http1(host: &str) {
         .or_insert_with(|| Arc::new(Semaphore::new(HTTP1_REQUESTS_PER_HOST)));
 }
 
-/// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`], and
-/// at most [`HTTP1_REQUESTS_PER_HOST`] requests in flight to a host that speaks only HTTP/1.1.
+/// The SDK's transport: reqwest, with every response body cut off at [`MAX_BODY_BYTES`], at
+/// most [`HTTP1_REQUESTS_PER_HOST`] requests in flight to a host that speaks only HTTP/1.1,
+/// and, on a node, each request admitted by the node (throttle window, slot) for the time it
+/// is on the wire: the last policy of the pipeline, after the SDK's authorization.
 #[derive(Debug, Clone)]
 pub struct BoundedTransport {
-    /// The call's client.
+    /// The vault's client.
     pub client: reqwest::Client,
-    /// Raised after the first exchange through this transport, whatever its outcome: by then the
-    /// connection to the host exists and its protocol is known (HTTP/2: the requests waiting on
-    /// it share that connection instead of each opening, and TLS-handshaking, their own;
-    /// HTTP/1.1: they take the host's permits).
-    pub first_exchange: Option<tokio::sync::watch::Sender<bool>>,
+    /// The node's admission of requests to the vault, and the call's deadline.
+    pub admission: Option<(Arc<crate::nodestate::Admission>, crate::retry::Deadline)>,
 }
 
 impl BoundedTransport {
@@ -198,26 +299,36 @@ impl azure_core::http::HttpClient for BoundedTransport {
             .host_str()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        // Held until the body is read or dropped: the connection is busy until then.
+        // Held until the body is read or dropped: the connection is busy until then, and the
+        // service is still working on the request.
         let permit = match http1_permits(&host) {
             Some(permits) => permits.acquire_owned().await.ok(),
+            None => None,
+        };
+        let ticket = match &self.admission {
+            Some((admission, deadline)) => Some(
+                admission
+                    .enter(deadline)
+                    .await
+                    // Carried whole, so the caller reports its own code (throttled, timeout).
+                    .map_err(|e| azure_core::Error::new(azure_core::error::ErrorKind::Other, e))?,
+            ),
             None => None,
         };
         let response = self.send(request).await;
         if let Ok((_, Some(version))) = &response {
             if *version < reqwest::Version::HTTP_2 {
-                // Before the gate opens, so the requests waiting on it take permits.
                 learned_http1(&host);
             }
         }
-        if let Some(done) = &self.first_exchange {
-            done.send_replace(true);
-        }
         let (response, _) = response?;
         let (status, headers, body) = response.deconstruct();
+        if let Some((admission, _)) = &self.admission {
+            admission.note(u16::from(status), retry_after_sdk(&headers));
+        }
         let mut cap = BodyCap::default();
         let bounded = body.map(move |chunk| {
-            let _busy = &permit;
+            let _busy = (&permit, &ticket);
             let chunk = chunk?;
             if !cap.admit(chunk.len()) {
                 return Err(azure_core::Error::with_message(
@@ -271,91 +382,16 @@ pub fn retry_after_reqwest(headers: &reqwest::header::HeaderMap) -> Option<Durat
     retry_after(|name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
-/// [`retry_after`] over azure_core's headers (Key Vault).
+/// [`retry_after`] over azure_core's headers (Key Vault). Looked up by iterating: the SDK's own
+/// lookup builds an error (with a backtrace when `RUST_BACKTRACE` is set) for every absent
+/// header, and this runs for every answer.
 pub fn retry_after_sdk(headers: &azure_core::http::headers::Headers) -> Option<Duration> {
     retry_after(|name| {
-        headers.get_optional_str(&azure_core::http::headers::HeaderName::from(
-            name.to_string(),
-        ))
+        headers
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.as_str())
     })
-}
-
-/// Waits while `host` is in a throttle window another kv process of the node recorded (a 429
-/// with Retry-After), so the node stops adding to the storm. A window that outlasts the
-/// deadline is the call's answer at once: `KV429_THROTTLED`, naming the host.
-pub async fn wait_for_host(
-    node: &crate::nodestate::NodeState,
-    host: &str,
-    deadline: &crate::retry::Deadline,
-) -> Result<()> {
-    let Ok(throttle) = node.throttle() else {
-        // Without readable node state every process is on its own, as before.
-        return Ok(());
-    };
-    // Another process may extend the window while this one waits: look again after each wait.
-    while let Some(wait) = throttle.wait_time(host) {
-        if wait >= deadline.remaining() {
-            return Err(Error::new(
-                Code::Throttled,
-                format!(
-                    "{host} asked this node to wait {}ms (HTTP 429 Retry-After), past this call's deadline; spread pod starts or raise the service's limits",
-                    wait.as_millis()
-                ),
-            ));
-        }
-        crate::log::info(
-            "throttle_wait",
-            serde_json::json!({"host": host, "ms": wait.as_millis() as u64}),
-        );
-        tokio::time::sleep(wait).await;
-    }
-    Ok(())
-}
-
-/// Records a 429's Retry-After for `host` node-wide (only a 429 that says how long: without
-/// one each process's own backoff applies).
-pub fn note_throttle(
-    node: &crate::nodestate::NodeState,
-    host: &str,
-    status: u16,
-    after: Option<Duration>,
-) {
-    let (429, Some(after)) = (status, after) else {
-        return;
-    };
-    if let Err(e) = node.throttle().and_then(|t| t.record(host, after)) {
-        crate::log::warn(
-            "throttle_record",
-            serde_json::json!({"host": host, "error": e.to_string()}),
-        );
-    } else {
-        crate::log::info(
-            "throttled",
-            serde_json::json!({"host": host, "retry_after_ms": after.as_millis() as u64}),
-        );
-    }
-}
-
-/// Takes one of the node's `n` request slots named `name`, within the deadline. A node state
-/// that cannot be used (not a 0700 directory kv owns) is logged and skipped: the slots protect
-/// the service, and a mount must not fail because /run is odd.
-pub async fn node_slot(
-    node: &crate::nodestate::NodeState,
-    name: &str,
-    n: usize,
-    deadline: &crate::retry::Deadline,
-) -> Result<Option<crate::nodestate::SlotGuard>> {
-    match node.acquire_async(name, n, deadline.instant()).await {
-        Ok(guard) => Ok(Some(guard)),
-        Err(e) if e.code() == Code::Timeout => Err(e),
-        Err(e) => {
-            crate::log::warn(
-                "node_slot",
-                serde_json::json!({"slot": name, "error": e.to_string()}),
-            );
-            Ok(None)
-        }
-    }
 }
 
 /// The innermost cause of an error (a refused connection, a TLS verdict): the outer layers
@@ -470,7 +506,7 @@ mod tests {
                 .no_proxy()
                 .build()
                 .unwrap(),
-            first_exchange: None,
+            admission: None,
         };
         let get = |transport: BoundedTransport| async move {
             let url = azure_core::http::Url::parse(&format!("http://{addr}/x")).unwrap();

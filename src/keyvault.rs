@@ -1,12 +1,20 @@
 //! Fetching every object of a volume from Key Vault, concurrently, with the official SDK clients.
 //!
-//! Request plan for one mount (the network floor is two round trips):
-//! - the token request starts at once (see [`crate::pipeline::fetch`]);
-//! - per vault, the first object's request goes out at once without a token, so Key Vault's
-//!   401 challenge (which tells the SDK the token scope, and which the SDK checks against the
-//!   vault's host) overlaps the token request;
-//! - every other object waits only for the token and is sent with it, so a vault costs at most
-//!   one challenge however many objects it holds.
+//! Request plan for one mount (the network floor is one round trip once a token is at hand):
+//! - the token request starts at once (see [`crate::pipeline::fetch`]); when the node's token
+//!   cache holds the token, it is at hand before any object request is set up;
+//! - per vault, the first object's request goes out at once: with the token when it is at
+//!   hand (no challenge: the token's resource comes from the cloud, and the vault's host is
+//!   one kv built from it, reached over TLS); otherwise without, so Key Vault's 401 challenge
+//!   (which tells the SDK the token scope, and which the SDK checks against the vault's host)
+//!   overlaps the token request;
+//! - every other object of the vault waits for the token and for the vault's connection to
+//!   be up, then rides that connection, so a vault costs at most one challenge and one TLS
+//!   handshake however many objects it holds.
+//!
+//! On a node each request is admitted by [`crate::nodestate::admission`] in the transport,
+//! after the SDK's authorization step: it holds its process's slot for the vault only while on
+//! the wire, never while waiting for its token.
 //!
 //! Errors are mapped to catalogue codes that name the identity, vault, object and version.
 
@@ -72,19 +80,11 @@ impl Policy for PrefetchedBearer {
 /// Retries Key Vault's transient answers (429 and 503 honouring the Retry-After headers, 408,
 /// 500, 502, 504, connection resets) through the one retry loop ([`crate::retry::run`]), never
 /// 400/401/403/404. When the next wait would pass the deadline it returns the last answer at
-/// once, so the user sees "throttled" or "HTTP 500" instead of a bare timeout.
-///
-/// On a node, each attempt first waits out the vault's node-wide throttle window (another kv
-/// process's 429 with Retry-After), then takes one of the node's request slots for that vault,
-/// and records its own 429s for the others.
+/// once, so the user sees "throttled" or "HTTP 500" instead of a bare timeout. Node-wide
+/// admission is the transport's, per try ([`crate::http::BoundedTransport`]).
 #[derive(Debug)]
 struct DeadlineRetry {
     deadline: crate::retry::Deadline,
-    /// The node state and the per-vault request slots.
-    node: Option<(crate::nodestate::NodeState, usize)>,
-    /// One of this client's requests at a time polls the node's slots: a burst of N mounts of
-    /// M objects then polls with N pollers, not N × M (each poll opens every slot file).
-    polling: tokio::sync::Mutex<()>,
 }
 
 const KEYVAULT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
@@ -107,34 +107,10 @@ impl Policy for DeadlineRetry {
         let what = format!("Key Vault {}", request.url().path());
         // Each attempt sends a fresh copy: what later policies add (authorization) is per try.
         let original: &Request = request;
-        let host = original
-            .url()
-            .host_str()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let host = host.as_str();
         let ended = crate::retry::run(&what, &self.deadline, KEYVAULT_BACKOFF, |_| {
             let mut request = original.clone();
             async move {
-                let _slot = match &self.node {
-                    Some((node, slots)) => match self.take_turn(node, *slots, host).await {
-                        Ok(slot) => slot,
-                        // Carried whole, so the caller reports its own code (throttled, timeout).
-                        Err(e) => {
-                            return Attempt::Done(Err(azure_core::Error::new(ErrorKind::Other, e)))
-                        }
-                    },
-                    None => None,
-                };
                 let result = next[0].send(ctx, &mut request, &next[1..]).await;
-                if let (Some((node, _)), Ok(resp)) = (&self.node, &result) {
-                    crate::http::note_throttle(
-                        node,
-                        host,
-                        u16::from(resp.status()),
-                        crate::http::retry_after_sdk(resp.headers()),
-                    );
-                }
                 let (retry, after, why) = match &result {
                     Ok(resp) => {
                         let status = u16::from(resp.status());
@@ -176,25 +152,6 @@ impl Policy for DeadlineRetry {
             // later) reports the stall with its cause (a pending token, or Key Vault itself).
             Ended::OutOfTime(None) => std::future::pending().await,
         }
-    }
-}
-
-impl DeadlineRetry {
-    /// Waits for the vault's node-wide throttle window to pass, then takes a request slot.
-    async fn take_turn(
-        &self,
-        node: &crate::nodestate::NodeState,
-        slots: usize,
-        host: &str,
-    ) -> Result<Option<crate::nodestate::SlotGuard>> {
-        crate::http::wait_for_host(node, host, &self.deadline).await?;
-        let slot = {
-            let _polling = self.polling.lock().await;
-            crate::http::node_slot(node, &format!("vault-{host}"), slots, &self.deadline).await?
-        };
-        // A 429 may have opened a window while this request queued for its slot.
-        crate::http::wait_for_host(node, host, &self.deadline).await?;
-        Ok(slot)
     }
 }
 
@@ -328,8 +285,9 @@ fn too_many_files(max: u32) -> Error {
 
 /// What the fetch needs.
 pub struct Fetcher {
-    /// The call's HTTP client (shared pool for tokens and vaults).
-    pub http: reqwest::Client,
+    /// The call's TLS setup: each vault gets a client of its own (its own connection and
+    /// signal that it is up).
+    pub tls: rustls::ClientConfig,
     /// Token provider.
     pub provider: Arc<Provider>,
     /// Cloud of every vault in the volume.
@@ -340,16 +298,38 @@ pub struct Fetcher {
     pub limits: Limits,
 }
 
+/// Raised once a vault's first connection is up (or its first request ended without one): its
+/// other requests then share it.
+type Connected = tokio::sync::watch::Receiver<bool>;
+
+/// One vault of the volume: the clients that send the token with every request, and the
+/// signal that its connection is up.
+struct Vault<'a> {
+    name: &'a str,
+    bearer: Arc<VaultClients>,
+    connected: Connected,
+}
+
+/// An object's part in its vault's plan.
+enum Turn {
+    /// The vault's first object: it goes at once, and raises the signal when it ends, whatever
+    /// its outcome (a request refused before it connected must not leave the others waiting).
+    First(crate::http::Connected),
+    /// Another object: it waits for the token and the signal.
+    Next(Connected),
+}
+
 impl Fetcher {
     fn client_options(
         &self,
-        prefetched: bool,
-        first_exchange: Option<tokio::sync::watch::Sender<bool>>,
+        bearer: bool,
+        client: &reqwest::Client,
+        admission: &Option<Arc<crate::nodestate::Admission>>,
     ) -> ClientOptions {
         let mut options = ClientOptions {
             transport: Some(Transport::new(Arc::new(crate::http::BoundedTransport {
-                client: self.http.clone(),
-                first_exchange,
+                client: client.clone(),
+                admission: admission.clone().map(|a| (a, self.deadline)),
             }))),
             // kv's own retry policy (below) knows the deadline; the SDK's would sleep past it.
             retry: RetryOptions::none(),
@@ -357,19 +337,33 @@ impl Fetcher {
         };
         options.per_call_policies.push(Arc::new(DeadlineRetry {
             deadline: self.deadline,
-            node: self
-                .provider
-                .node()
-                .map(|n| (n.state.clone(), n.vault_requests)),
-            polling: tokio::sync::Mutex::new(()),
         }));
-        if prefetched {
+        if bearer {
             options.per_try_policies.push(Arc::new(PrefetchedBearer {
                 provider: self.provider.clone(),
                 resource: self.cloud.vault_resource.clone(),
             }));
         }
         options
+    }
+
+    /// The node's admission of requests to `host`: its throttle window, and a slot of its
+    /// set shared by this process's requests in flight, a fair share per namespace.
+    fn admission(&self, host: &str) -> Option<Arc<crate::nodestate::Admission>> {
+        let node = self.provider.node()?;
+        let gate = crate::nodestate::Gate {
+            throttle: host.to_string(),
+            service: format!("Key Vault {host}"),
+            slots: Some((
+                crate::nodestate::slots::vault_set(host),
+                node.vault_requests,
+            )),
+            owner: node.owner.clone(),
+        };
+        Some(Arc::new(crate::nodestate::Admission::shared(
+            node.state.clone(),
+            gate,
+        )))
     }
 
     /// Fetches and renders every object; the first failure (in object order) wins.
@@ -389,45 +383,70 @@ impl Fetcher {
         };
         let shared = &shared;
         let credential = Credential(self.provider.clone());
-        // Per object, in order: the clients it uses. The first object of each vault takes the
-        // challenged clients; the rest wait for the prefetched token.
-        type Gate = tokio::sync::watch::Receiver<bool>;
-        let mut vaults: Vec<(&str, Arc<VaultClients>, Gate)> = Vec::new();
-        let mut plan: Vec<(Arc<VaultClients>, Option<Gate>)> = Vec::with_capacity(objects.len());
+        // The node's cache had the token: every request carries it, none is challenged.
+        let warm = self.provider.ready(&self.cloud.vault_resource);
+        // Per object, in order: the clients it uses, and what it waits for. The first object of
+        // each vault goes at once; the rest wait for the token and the vault's connection.
+        let mut vaults: Vec<Vault<'_>> = Vec::new();
+        let mut plan: Vec<(Arc<VaultClients>, Turn)> = Vec::with_capacity(objects.len());
         for o in objects {
-            match vaults.iter().find(|(v, _, _)| *v == o.vault) {
-                Some((_, prefetched, gate)) => plan.push((prefetched.clone(), Some(gate.clone()))),
-                None => {
-                    let url = self.cloud.vault_url(&o.vault);
-                    let (first_exchange, gate) = tokio::sync::watch::channel(false);
-                    let challenged = VaultClients::new(
-                        &url,
-                        &credential,
-                        self.client_options(false, Some(first_exchange)),
-                    )?;
-                    let prefetched =
-                        VaultClients::new(&url, &credential, self.client_options(true, None))?;
-                    vaults.push((o.vault.as_str(), Arc::new(prefetched), gate));
-                    plan.push((Arc::new(challenged), None));
-                }
+            if let Some(v) = vaults.iter().find(|v| v.name == o.vault) {
+                plan.push((v.bearer.clone(), Turn::Next(v.connected.clone())));
+                continue;
             }
+            let url = self.cloud.vault_url(&o.vault);
+            let host = format!("{}.{}", o.vault, self.cloud.vault_dns_suffix).to_ascii_lowercase();
+            let (signal, connected) = crate::http::Connected::new(&host);
+            let client = crate::http::client_with(self.tls.clone(), Some(signal.clone()))?;
+            let admission = self.admission(&host);
+            let bearer = Arc::new(VaultClients::new(
+                &url,
+                &credential,
+                self.client_options(true, &client, &admission),
+            )?);
+            let first = if warm {
+                bearer.clone()
+            } else {
+                Arc::new(VaultClients::new(
+                    &url,
+                    &credential,
+                    self.client_options(false, &client, &admission),
+                )?)
+            };
+            vaults.push(Vault {
+                name: o.vault.as_str(),
+                bearer,
+                connected,
+            });
+            plan.push((first, Turn::First(signal)));
         }
         let futures =
             objects
                 .iter()
                 .zip(plan)
                 .enumerate()
-                .map(|(index, (o, (clients, gate)))| async move {
-                    if let Some(mut gate) = gate {
-                        // Park before the SDK builds the request, so the token request and each vault's
-                        // challenge leave first instead of after N request setups; then wait for the
-                        // challenge's answer too, so every request rides the one HTTP/2 connection it
-                        // opened instead of each opening its own. Both overlap the token's round trip.
-                        // Without a token there is nothing to send.
-                        self.provider.token(&self.cloud.vault_resource).await?;
-                        let _ = gate.wait_for(|done| *done).await;
+                .map(|(index, (o, (clients, turn)))| async move {
+                    match turn {
+                        Turn::First(signal) => {
+                            let fetched = self.fetch_one(index, o, &clients, shared).await;
+                            signal.raise();
+                            fetched
+                        }
+                        Turn::Next(mut connected) => {
+                            // Park before the SDK builds the request, so the token request and each
+                            // vault's first request leave first instead of after N request setups.
+                            // Without a token there is nothing to send.
+                            self.provider.token(&self.cloud.vault_resource).await?;
+                            // Then wait for the vault's connection, so every request rides the one
+                            // HTTP/2 connection the first opened instead of each opening its own; a
+                            // few turns of the runtime let the client put it in its pool.
+                            let _ = connected.wait_for(|up| *up).await;
+                            for _ in 0..3 {
+                                tokio::task::yield_now().await;
+                            }
+                            self.fetch_one(index, o, &clients, shared).await
+                        }
                     }
-                    self.fetch_one(index, o, &clients, shared).await
                 });
         let results = tokio::time::timeout(
             self.deadline.remaining() + crate::retry::OUTER_GRACE,
@@ -750,7 +769,10 @@ impl Fetcher {
                     "keyvault_error",
                     serde_json::json!({"vault": o.vault, "object": o.name, "status": status, "code": answer.code, "innererror": answer.inner, "request_id": request_id}),
                 );
-                if status == 401 {
+                // Only an answer that proves the token wrong drops it from the node's cache: a
+                // vault of another tenant (AKV10032) says nothing about the token, and a pod
+                // naming one must not cost other mounts a new token request.
+                if answer.rejects_token() {
                     self.provider.distrust_token();
                 }
                 answer.classify(&what, &self.provider.identity_name(), o.kind)
@@ -809,6 +831,18 @@ impl VaultAnswer {
                 .unwrap_or_default(),
             message: message.lines().next().unwrap_or("").to_string(),
         }
+    }
+
+    /// Whether Key Vault refused the token itself (401: wrong audience AKV10022, a signature
+    /// that does not verify AKV10013, expired), rather than the caller (another tenant's
+    /// vault, AKV10032) or the request.
+    pub fn rejects_token(&self) -> bool {
+        let message = self.message.to_ascii_lowercase();
+        self.status == 401
+            && (message.contains("akv10022")
+                || message.contains("akv10013")
+                || message.contains("tokenexpired")
+                || message.contains("expired"))
     }
 
     /// The catalogue error and message for `what` (e.g. "secret `db` in vault kv1"), read by
@@ -942,6 +976,21 @@ mod tests {
         assert!(!e.message().contains("second line"), "{e}");
 
         assert_eq!(classify(429, "").code(), Code::Throttled);
+
+        // Which 401s prove the token wrong (and drop it from the node's cache).
+        let answer = |message: &str| {
+            VaultAnswer::parse(
+                401,
+                serde_json::json!({"error": {"code": "Unauthorized", "message": message}})
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        assert!(answer("AKV10022: Invalid audience. Expected x, found: y.").rejects_token());
+        assert!(answer("[TokenExpired] Error validating token: 'S2S12086'.").rejects_token());
+        assert!(answer("AKV10013: Invalid token, signature validation failed.").rejects_token());
+        assert!(!answer("AKV10032: Invalid issuer. Expected one of https://sts.windows.net/a/, found https://sts.windows.net/b/.").rejects_token());
+        assert!(!answer("AKV10000: Request is missing a Bearer or PoP token.").rejects_token());
         let e = classify(502, "<html>bad gateway</html>");
         assert_eq!(e.code(), Code::Vault);
         assert!(e.message().contains("HTTP 502 ()"), "{e}");

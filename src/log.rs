@@ -4,6 +4,12 @@
 //! pulls one pod's story out of a node's log. Callers pass only names, ids, statuses and
 //! durations: values, tokens and client secrets never reach this module. The file is rotated
 //! to `<path>.1` past its size cap. A log that cannot be written never fails a mount.
+//!
+//! The file is created 0600 (and tightened to it if found looser), its directory 0700 when kv
+//! creates it (`/var/log/kv/` by default): pod and vault names are nobody else's business. A
+//! short call checks the size once; the long-running agent ([`long_running`]) checks it every
+//! second or every [`RECHECK_LINES`] lines, and reopens the path when another process rotated
+//! it, so it never writes into a renamed or unlinked file.
 
 use serde_json::{Map, Value};
 use std::fs::OpenOptions;
@@ -20,7 +26,16 @@ struct Logger {
     max_bytes: u64,
     context: Map<String, Value>,
     started: Instant,
+    /// Long-running: re-check size and path now and then (see [`long_running`]).
+    recheck: bool,
+    lines_since_check: u32,
+    checked: Instant,
 }
+
+/// Lines between two checks of the long-running agent's log file.
+pub const RECHECK_LINES: u32 = 64;
+/// Time between two checks of the long-running agent's log file.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
 
@@ -35,7 +50,33 @@ pub fn init(path: PathBuf, max_bytes: u64, verb: &str) {
         max_bytes,
         context,
         started: Instant::now(),
+        recheck: false,
+        lines_since_check: 0,
+        checked: Instant::now(),
     }));
+}
+
+/// Makes the directory of `path` 0700 if it exists, is root's (or ours) and is looser: for
+/// kv's own log directory only.
+pub fn private_dir(path: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(dir) = path.parent() else { return };
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        let mine = m.uid() == 0 || m.uid() == rustix::process::geteuid().as_raw();
+        if m.is_dir() && mine && m.mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+}
+
+/// This process runs for long (the agent): its log is re-checked as it writes, rotated by size
+/// and reopened when its path leads to another file.
+pub fn long_running() {
+    if let Some(l) = LOGGER.get() {
+        if let Ok(mut l) = l.lock() {
+            l.recheck = true;
+        }
+    }
 }
 
 /// Adds a field to every following line (pod, volume, dir).
@@ -163,30 +204,71 @@ pub fn error(name: &str, fields: Value) {
 
 impl Logger {
     fn write(&mut self, bytes: &[u8]) {
+        if self.file.is_some() && self.recheck {
+            self.lines_since_check += 1;
+            if self.lines_since_check >= RECHECK_LINES || self.checked.elapsed() >= RECHECK_EVERY {
+                self.lines_since_check = 0;
+                self.checked = Instant::now();
+                if self.moved_or_full(bytes.len() as u64) {
+                    self.file = None;
+                }
+            }
+        }
         if self.file.is_none() {
-            // Rotation is checked once per call: a call writes a few KiB at most.
-            if let Ok(meta) = std::fs::metadata(&self.path) {
-                if meta.len() + bytes.len() as u64 > self.max_bytes {
-                    let mut rotated = self.path.clone().into_os_string();
-                    rotated.push(".1");
-                    let _ = std::fs::rename(&self.path, rotated);
-                }
-            }
-            if let Some(parent) = self.path.parent() {
-                if !parent.exists() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-            }
-            // O_APPEND makes each line one atomic append, so concurrent mounts never interleave.
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)
-                .ok();
+            self.open(bytes.len() as u64);
         }
         if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(bytes);
+        }
+    }
+
+    /// Whether the open file is no longer at the path (rotated by another process) or the
+    /// next line would take it past its cap.
+    fn moved_or_full(&self, next: u64) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(Ok(open)) = self.file.as_ref().map(|f| f.metadata()) else {
+            return true;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(now) if now.ino() == open.ino() && now.dev() == open.dev() => {
+                open.len() + next > self.max_bytes
+            }
+            _ => true,
+        }
+    }
+
+    /// Opens the path for appending, rotating it first if the next line would pass the cap.
+    fn open(&mut self, next: u64) {
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            if meta.len() + next > self.max_bytes {
+                let mut rotated = self.path.clone().into_os_string();
+                rotated.push(".1");
+                let _ = std::fs::rename(&self.path, rotated);
+            }
+        }
+        if let Some(parent) = self.path.parent() {
+            if !parent.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent);
+            }
+        }
+        // O_APPEND makes each line one atomic append, so concurrent mounts never interleave.
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+            .ok();
+        if let Some(f) = &self.file {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            // A file created by someone else (kubelet's FileOrCreate makes 0644): tightened.
+            if f.metadata().is_ok_and(|m| m.mode() & 0o077 != 0) {
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+            }
         }
     }
 }

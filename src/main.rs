@@ -5,6 +5,13 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
+    // kv reports errors by catalogue code, never with a library backtrace. With RUST_BACKTRACE
+    // set (a developer's shell, a debugging operator), the Azure SDK would capture one for every
+    // header it looks up and does not find, several per Key Vault request: most of a mount's CPU.
+    // Set before any thread exists; panics still follow RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // The environment is read once, here, before anything else runs.
     keyvault_flexvolume::env::get();
     if cmd::is_flexvolume_call(&args) {

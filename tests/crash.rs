@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A tiny deterministic PRNG (xorshift), seeded per run and printed, so a failing kill time can
@@ -120,19 +119,7 @@ fn killed_mid_mount(node: &Node, dir: &Path) -> bool {
 
 /// Starts `kv mount` and SIGKILLs it after `after`; returns whether it had already finished.
 fn mount_and_kill(node: &Node, dir: &Path, after: Duration) -> bool {
-    let json = kubelet_options(dir, opts()).to_string();
-    let mut child = node
-        .ns
-        .command(&node.kv)
-        .arg("mount")
-        .arg(dir)
-        .arg(json)
-        .env("KV_LOG_FILE", &node.log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = node.start_mount(dir, opts());
     std::thread::sleep(after);
     // nsenter and env exec, so the child's pid is kv's once it runs.
     let finished = matches!(child.try_wait(), Ok(Some(_)));

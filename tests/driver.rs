@@ -436,19 +436,20 @@ fn a_dir_mounted_by_something_else_is_refused() {
     node.unmount(&dir).assert_success();
 }
 
-/// Hardening item 8: lock files are named by the sha256 of the volume dir and go away with
-/// the volume.
+/// Hardening item 8: lock files are named by the sha256 of the volume dir, live under the
+/// node's `stateDir`, and exist only while a call holds them.
 #[test]
 fn lock_files_are_named_by_sha256_and_removed_after_unmount() {
     use sha2::Digest;
     let node = Node::new();
     let lock = |dir: &std::path::Path| {
         let hash = hex::encode(sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes()));
-        node.ns.host_path(format!("/run/kv/locks/{hash}.lock"))
+        node.state_dir().join(format!("locks/{hash}.lock"))
     };
     let dir = node.volume_dir("v");
     node.mount(&dir, db_password(json!({}))).assert_success();
-    assert!(lock(&dir).exists(), "{}", lock(&dir).display());
+    assert!(node.state_dir().join("locks").is_dir());
+    assert!(!lock(&dir).exists(), "{}", lock(&dir).display());
     node.unmount(&dir).assert_success();
     assert!(!lock(&dir).exists());
     // A failed mount leaves no lock either.

@@ -550,7 +550,9 @@ fn legacy_binary_is_removed_only_with_the_flag() {
 mod common;
 
 /// Every azure/kv volume in examples/*.yaml mounts with the real binary against the emulator,
-/// with its options passed as kubelet passes them (secretRef values, fsGroup, readOnly).
+/// with its options passed as kubelet passes them (secretRef values, fsGroup, readOnly), inline
+/// or through a claim bound to a PersistentVolume (the PV's options and secretRef, the claim's
+/// readOnly).
 #[test]
 fn example_manifests_mount_against_the_emulator() {
     use serde_json::{json, Value};
@@ -568,15 +570,15 @@ fn example_manifests_mount_against_the_emulator() {
         let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        let secret = |name: &str| {
+        let find = |kind: &str, name: &str| {
             docs.iter()
-                .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == name)
-                .unwrap_or_else(|| panic!("{}: no Secret {name}", file.display()))
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{}: no {kind} {name}", file.display()))
                 .clone()
         };
         for d in &docs {
             let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
-            if d["kind"] != "Namespace" {
+            if d["kind"] != "Namespace" && d["kind"] != "PersistentVolume" {
                 assert_ne!(ns, "default", "{}: use a namespace", file.display());
             }
             let (pod, spec) = match d["kind"].as_str() {
@@ -594,12 +596,22 @@ fn example_manifests_mount_against_the_emulator() {
                 _ => continue,
             };
             for v in spec["volumes"].as_array().unwrap() {
-                let flex = &v["flexVolume"];
+                // A claim: kubelet mounts its PersistentVolume's flexVolume, read-only when the
+                // pod's claim says so.
+                let (flex, read_only) = match v["persistentVolumeClaim"]["claimName"].as_str() {
+                    Some(claim) => {
+                        let pv = find("PersistentVolumeClaim", claim)["spec"]["volumeName"].clone();
+                        let pv = find("PersistentVolume", pv.as_str().unwrap());
+                        let ro = v["persistentVolumeClaim"]["readOnly"] == true;
+                        (pv["spec"]["flexVolume"].clone(), ro)
+                    }
+                    None => (v["flexVolume"].clone(), v["flexVolume"]["readOnly"] == true),
+                };
                 if flex["driver"] != "azure/kv" {
                     continue;
                 }
                 let mut opts = flex["options"].as_object().unwrap().clone();
-                if flex["readOnly"] == true {
+                if read_only {
                     opts.insert("kubernetes.io/readwrite".into(), json!("ro"));
                 }
                 if let Some(g) = spec["securityContext"]["fsGroup"].as_u64() {
@@ -609,8 +621,11 @@ fn example_manifests_mount_against_the_emulator() {
                     );
                 }
                 if let Some(name) = flex["secretRef"]["name"].as_str() {
-                    let s = secret(name);
+                    let s = find("Secret", name);
                     assert_eq!(s["type"], "azure/kv", "{}", file.display());
+                    // kubelet reads it from the PV's secretRef namespace, else the pod's.
+                    let secret_ns = flex["secretRef"]["namespace"].as_str().unwrap_or(ns);
+                    assert_eq!(s["metadata"]["namespace"], secret_ns, "{}", file.display());
                     for (k, val) in s["stringData"].as_object().unwrap() {
                         let mut val = val.as_str().unwrap().to_string();
                         if val.starts_with("REPLACE") {
@@ -674,9 +689,28 @@ fn example_manifests_mount_against_the_emulator() {
                 .audiences(&["api://AzureADTokenExchange"]);
             common::project(&dir, volume, name, &common::issuer().mint(&token));
         }
+        let rotating = opts.get("rotationpollinterval").is_some();
         let c = node.mount(&dir, opts);
         assert_eq!(c.status(), "Success", "{}: {}", file.display(), c.stdout);
-        let names: Vec<String> = node.files(&dir).into_iter().map(|f| f.0).collect();
+        let names: Vec<String> = if rotating {
+            // The `..data` layout: each name is a link into the current version.
+            let mut n: Vec<String> = std::fs::read_dir(node.ns.host_path(&dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with(".."))
+                .collect();
+            n.sort();
+            for name in &n {
+                assert!(
+                    !node.file(&dir, name).is_empty(),
+                    "{}: {name}",
+                    file.display()
+                );
+            }
+            n
+        } else {
+            node.files(&dir).into_iter().map(|f| f.0).collect()
+        };
         if file.ends_with("nginx-tls.yaml") {
             assert_eq!(names, ["tls", "tls.crt", "tls.key"]);
             let key = node.file(&dir, "tls.key");

@@ -13,6 +13,12 @@ fn err(status: u16, e: &str, d: &str) -> Resp {
     )
 }
 
+/// A selector's value; an empty one (`client_id=`) is an absent one, as on real IMDS:
+/// azidentity (the CSI driver's Azure provider) sends it empty for the system identity.
+fn selector<'r>(r: &'r Req, key: &str) -> Option<&'r str> {
+    r.q(key).filter(|v| !v.is_empty())
+}
+
 /// Find the VM identity a request selects (none of the selectors = system identity).
 pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> {
     let not_found = || err(400, "invalid_request", "Identity not found");
@@ -34,13 +40,13 @@ pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> 
             .find(|i| pred(i))
             .ok_or_else(not_found)
     };
-    if let Some(cid) = r.q("client_id") {
+    if let Some(cid) = selector(r, "client_id") {
         return user(&|i| i.spec.client_id.eq_ignore_ascii_case(cid));
     }
-    if let Some(oid) = r.q("object_id") {
+    if let Some(oid) = selector(r, "object_id") {
         return user(&|i| i.object_id.eq_ignore_ascii_case(oid));
     }
-    if let Some(rid) = r.q("msi_res_id").or_else(|| r.q("mi_res_id")) {
+    if let Some(rid) = selector(r, "msi_res_id").or_else(|| selector(r, "mi_res_id")) {
         return user(&|i| {
             i.spec
                 .msi_res_id
@@ -53,8 +59,36 @@ pub fn select<'a>(state: &'a State, r: &Req) -> Result<&'a IdentityState, Resp> 
             .identity_by_client_id(cid)
             .filter(|i| *i.kind() != IdentityKind::ServicePrincipal)
             .ok_or_else(not_found),
-        None => Err(not_found()),
+        // Azure: without a system-assigned identity, a request naming none gets the VM's
+        // user-assigned identity when there is exactly one (e.g. an AKS node pool's kubelet
+        // identity); with several it is an error.
+        None => match cfg.user.as_slice() {
+            [only] => user(&|i| i.spec.client_id.eq_ignore_ascii_case(only)),
+            _ => Err(not_found()),
+        },
     }
+}
+
+/// The `xms_mirid` claim of the identity's tokens: the VM's resource id for the
+/// system-assigned identity, the identity's own resource id for a user-assigned one.
+fn mirid(state: &State, id: &IdentityState) -> String {
+    let cfg = &state.scenario.imds;
+    let system = cfg
+        .system
+        .as_deref()
+        .is_some_and(|c| c.eq_ignore_ascii_case(&id.spec.client_id));
+    if system {
+        return cfg
+            .vm_resource_id
+            .clone()
+            .unwrap_or_else(|| crate::scenario::DEFAULT_VM_RESOURCE_ID.to_string());
+    }
+    id.spec.msi_res_id.clone().unwrap_or_else(|| {
+        format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            id.spec.name.as_deref().unwrap_or(&id.spec.client_id)
+        )
+    })
 }
 
 pub fn handle(state: &State, r: &Req) -> Resp {
@@ -85,7 +119,7 @@ pub fn handle(state: &State, r: &Req) -> Resp {
     };
     let id = match select(state, r) {
         Ok(i) => i,
-        Err(e) => return e.with_identity(r.q("client_id").map(str::to_string)),
+        Err(e) => return e.with_identity(selector(r, "client_id").map(str::to_string)),
     };
     if cloud_by_resource(resource).is_none() {
         return err(
@@ -95,12 +129,13 @@ pub fn handle(state: &State, r: &Req) -> Resp {
         )
         .with_identity(Some(id.spec.client_id.clone()));
     }
-    let t = crate::token::issue(
+    let t = crate::token::issue_managed(
         resource,
         &id.spec.client_id,
         &id.object_id,
         &id.spec.tenant,
         state.lifetime,
+        Some(&mirid(state, id)),
     );
     let body = json!({
         "access_token": t.jwt,

@@ -316,7 +316,14 @@ pub struct ImdsConfig {
     /// IMDS's per-VM limits on the identity endpoint (off unless given).
     #[serde(default)]
     pub limits: Option<ImdsLimits>,
+    /// ARM resource id of the VM (or scale set): the `xms_mirid` claim of the system-assigned
+    /// identity's tokens (default a VM `kv-node` in resource group `rg`).
+    #[serde(default)]
+    pub vm_resource_id: Option<String>,
 }
+
+/// The VM resource id tokens of the system-assigned identity name when the scenario gives none.
+pub const DEFAULT_VM_RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/kv-node";
 
 /// IMDS answers 429 beyond `concurrency` requests in flight or `rate_per_second` requests
 /// in any one-second window (Azure: 5 concurrent, 20/s for managed identity).
@@ -415,6 +422,10 @@ pub struct Fault {
     /// Only requests whose path contains this substring count.
     #[serde(default)]
     pub path_contains: Option<String>,
+    /// Only requests whose body contains this substring count (e.g. `client_id=<id>` for one
+    /// application's AAD token requests).
+    #[serde(default)]
+    pub body_contains: Option<String>,
     /// Apply to the first N matching requests (default 1).
     #[serde(default)]
     pub count: Option<u64>,

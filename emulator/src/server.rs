@@ -586,6 +586,11 @@ async fn handle(
                     continue;
                 }
             }
+            if let Some(s) = &f.body_contains {
+                if !String::from_utf8_lossy(&r.body).contains(s.as_str()) {
+                    continue;
+                }
+            }
             if counts[i] < f.count.unwrap_or(1) {
                 counts[i] += 1;
                 chosen = Some(f.clone());

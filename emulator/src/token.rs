@@ -24,10 +24,24 @@ pub fn issue(
     tenant: &str,
     lifetime: u64,
 ) -> Issued {
+    issue_managed(resource, client_id, object_id, tenant, lifetime, None)
+}
+
+/// [`issue`] for a managed identity: `mirid` is its ARM resource id, the `xms_mirid` claim real
+/// managed-identity tokens carry (the VM or scale set for a system-assigned identity, the
+/// `…/userAssignedIdentities/<name>` resource for a user-assigned one).
+pub fn issue_managed(
+    resource: &str,
+    client_id: &str,
+    object_id: &str,
+    tenant: &str,
+    lifetime: u64,
+    mirid: Option<&str>,
+) -> Issued {
     let iat = now();
     let exp = iat + lifetime as i64;
     let header = json!({"typ": "JWT", "alg": "HS256", "kid": "kv-emulator"});
-    let claims = json!({
+    let mut claims = json!({
         "aud": resource,
         "iss": format!("https://sts.windows.net/{tenant}/"),
         "iat": iat,
@@ -40,6 +54,9 @@ pub fn issue(
         "ver": "1.0",
         "jti": crate::util::random_hex(8),
     });
+    if let Some(m) = mirid {
+        claims["xms_mirid"] = json!(m);
+    }
     let signing_input = format!(
         "{}.{}",
         b64url(header.to_string().as_bytes()),

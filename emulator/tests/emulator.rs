@@ -247,12 +247,20 @@ async fn imds_tokens_and_errors() {
     assert_eq!(v["client_id"], SYSTEM);
     assert_eq!(v["refresh_token"], "");
     assert_eq!(v["resource"], "https://vault.azure.net");
-    // user-assigned by client_id, object_id, msi_res_id, mi_res_id
-    for q in [
-        format!("client_id={USER}"),
-        "object_id=00000000-0000-0000-0000-00000000b002".to_string(),
-        "msi_res_id=%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2FresourceGroups%2Frg%2Fproviders%2FMicrosoft.ManagedIdentity%2FuserAssignedIdentities%2Fkv-user".to_string(),
-        "mi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user".to_string(),
+    // user-assigned by client_id, object_id, msi_res_id, mi_res_id; an empty selector is an
+    // absent one (azidentity, the CSI driver's Azure provider, sends `client_id=` for the
+    // system-assigned identity, which IMDS serves)
+    for (q, want) in [
+        (format!("client_id={USER}"), USER),
+        ("object_id=00000000-0000-0000-0000-00000000b002".to_string(), USER),
+        ("msi_res_id=%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2FresourceGroups%2Frg%2Fproviders%2FMicrosoft.ManagedIdentity%2FuserAssignedIdentities%2Fkv-user".to_string(), USER),
+        ("mi_res_id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user".to_string(), USER),
+        ("client_id=".to_string(), SYSTEM),
+        ("object_id=".to_string(), SYSTEM),
+        ("msi_res_id=".to_string(), SYSTEM),
+        ("mi_res_id=".to_string(), SYSTEM),
+        ("client_id=&object_id=&msi_res_id=".to_string(), SYSTEM),
+        ("client_id=&object_id=00000000-0000-0000-0000-00000000b002".to_string(), USER),
     ] {
         let r = t
             .http
@@ -262,7 +270,7 @@ async fn imds_tokens_and_errors() {
             .await
             .expect("send");
         assert_eq!(r.status(), 200, "{q}");
-        assert_eq!(j(&r.text().await.expect("body"))["client_id"], USER, "{q}");
+        assert_eq!(j(&r.text().await.expect("body"))["client_id"], want, "{q}");
     }
     // unknown identity / service principal / identity not attached to the VM (by resource id)
     for q in [
@@ -302,6 +310,64 @@ async fn imds_without_system_identity() {
         .expect("send");
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("body").contains("Identity not found"));
+}
+
+/// The claims of a JWT the emulator issued.
+fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&kv_emulator::util::b64url_decode(payload).expect("b64")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_tokens_name_the_managed_identity_resource() {
+    let t = start(example_value()).await;
+    let system = jwt_claims(&t.mi_token(None).await);
+    assert_eq!(
+        system["xms_mirid"],
+        kv_emulator::scenario::DEFAULT_VM_RESOURCE_ID
+    );
+    let user = jwt_claims(&t.mi_token(Some(USER)).await);
+    assert_eq!(
+        user["xms_mirid"],
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/kv-user"
+    );
+}
+
+/// Azure: a VM without a system-assigned identity answers a request naming no identity with
+/// its only user-assigned identity (an AKS node pool's kubelet identity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_without_system_identity_and_one_user_identity() {
+    let mut v = example_value();
+    v["imds"]["system"] = Value::Null;
+    v["imds"]["user"] = json!([USER]);
+    let t = start(v).await;
+    let claims = jwt_claims(&t.mi_token(None).await);
+    assert_eq!(claims["appid"], USER);
+    assert!(claims["xms_mirid"]
+        .as_str()
+        .expect("xms_mirid")
+        .contains("/userAssignedIdentities/kv-user"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_can_match_the_request_body() {
+    let mut v = example_value();
+    v["faults"] = json!([{"endpoint": "aad", "body_contains": "client_id=00000000-0000-0000-0000-0000000000e1",
+                          "count": 10, "action": "status", "status": 429, "retry_after": 30}]);
+    let t = start(v).await;
+    let post = |client: &str, secret: &str| {
+        t.http
+            .post(t.aad(&format!("/{TENANT}/oauth2/v2.0/token")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("client_id={client}&scope=https%3A%2F%2Fvault.azure.net%2F.default&client_secret={secret}&grant_type=client_credentials"))
+            .send()
+    };
+    let r = post("00000000-0000-0000-0000-0000000000e1", "x")
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(post(SP, SP_SECRET).await.expect("send").status(), 200);
 }
 
 // ---------------------------------------------------------------------------------------

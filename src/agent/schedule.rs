@@ -113,7 +113,7 @@ mod tests {
         let mut buckets = [0u32; 12];
         let mut per_second = std::collections::BTreeMap::<u64, u32>::new();
         for i in 0..500 {
-            let name = crate::agent::record::name_of(std::path::Path::new(&format!(
+            let name = crate::nodestate::volumes::name_of(std::path::Path::new(&format!(
                 "/var/lib/kubelet/pods/{i}/volumes/azure~kv/secrets"
             )));
             let due = first_due(now, &name, interval);
@@ -142,7 +142,7 @@ mod tests {
     fn jitter_and_backoff_stay_in_bounds() {
         let now = Duration::from_secs(1000);
         let i = Duration::from_secs(120);
-        let name = crate::agent::record::name_of(std::path::Path::new("/v"));
+        let name = crate::nodestate::volumes::name_of(std::path::Path::new("/v"));
         let p = at_phase(now, &name, i);
         for r in [0, u64::MAX, 1 << 63, random_u64()] {
             // On time: one interval later. Off phase: back to the phase, at least i/2 away.

@@ -30,8 +30,10 @@ pub enum AadCredential {
     Federated {
         /// Where the token is.
         token: TokenFile,
-        /// The subject it must carry (`system:serviceaccount:<ns>:<sa>`), when known.
-        subject: Option<String>,
+        /// The pod and service account it must be bound to; `None` for an operator's token
+        /// file (`kv fetch --token-file` without --namespace and --service-account), which is
+        /// then never matched against the node's cache.
+        binding: Option<super::projected::Binding>,
     },
 }
 
@@ -48,10 +50,10 @@ pub(super) async fn assertion(
     deadline: &Deadline,
 ) -> Result<Option<Assertion>> {
     match credential {
-        AadCredential::Federated { token, subject } => {
+        AadCredential::Federated { token, binding } => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let jwt = super::projected::read(token, deadline).await?;
-            let claims = super::projected::check(&jwt, subject.as_deref(), now)?;
+            let claims = super::projected::check(&jwt, binding.as_ref(), now)?;
             Ok(Some((jwt, claims)))
         }
         _ => Ok(None),
@@ -69,7 +71,7 @@ pub(super) async fn fetch(
     credential: &AadCredential,
     federated: Option<&Assertion>,
     resource: &str,
-    node: Option<&crate::nodestate::NodeState>,
+    node: Option<&super::Node>,
     deadline: &Deadline,
 ) -> Result<Token> {
     let url = format!(
@@ -118,9 +120,20 @@ pub(super) async fn fetch(
         address: host,
         unreachable: None,
         backoff: BACKOFF,
-        throttle_host: Some(host),
-        slots: None,
     };
+    // AAD throttles per application and tenant: its 429 holds back this application's token
+    // requests on the node, never another tenant's or application's.
+    let admission = node.map(|n| {
+        crate::nodestate::Admission::new(
+            n.state.clone(),
+            crate::nodestate::Gate {
+                throttle: format!("{host}/{tenant}/{client_id}"),
+                service: format!("AAD ({host}) for application {client_id} in tenant {tenant}"),
+                slots: None,
+                owner: n.owner.clone(),
+            },
+        )
+    });
     let who = Who {
         tenant,
         client_id,
@@ -129,7 +142,7 @@ pub(super) async fn fetch(
     };
     request::request(
         &endpoint,
-        node,
+        admission.as_ref(),
         deadline,
         |timeout| {
             http.post(&url)
@@ -306,10 +319,14 @@ mod tests {
             audiences: vec!["api://AzureADTokenExchange".into()],
             expires: 0,
             not_before: None,
+            bound: Default::default(),
         };
         let federated = AadCredential::Federated {
-            token: TokenFile::File("/t".into()),
-            subject: None,
+            token: TokenFile::File {
+                path: "/t".into(),
+                bound: false,
+            },
+            binding: None,
         };
         let wi = Who {
             tenant: "t",

@@ -22,13 +22,21 @@ const ENDPOINT: Endpoint<'static> = Endpoint {
         max: Duration::from_secs(2),
         max_attempts: 40,
     },
-    throttle_host: Some("169.254.169.254"),
-    // IMDS serves a VM ~5 concurrent requests: every kv process of the node shares them.
-    slots: Some((
-        crate::nodestate::slots::IMDS,
-        crate::nodestate::slots::IMDS_SLOTS,
-    )),
 };
+
+/// IMDS limits the VM as a whole: one throttle window for its host, and ~5 concurrent requests
+/// that every kv process of the node shares (a fair share per namespace).
+fn gate(owner: Option<&str>) -> crate::nodestate::Gate {
+    crate::nodestate::Gate {
+        throttle: ENDPOINT.address.to_string(),
+        service: format!("IMDS ({})", ENDPOINT.address),
+        slots: Some((
+            crate::nodestate::slots::IMDS.to_string(),
+            crate::nodestate::slots::IMDS_SLOTS,
+        )),
+        owner: owner.map(str::to_string),
+    }
+}
 
 /// Fetches a token for the system-assigned identity or a user-assigned one (by client id or
 /// by resource id, IMDS's `msi_res_id`).
@@ -36,9 +44,11 @@ pub async fn fetch(
     http: &reqwest::Client,
     id: &ManagedIdentity,
     resource: &str,
-    node: Option<&crate::nodestate::NodeState>,
+    node: Option<&super::Node>,
     deadline: &Deadline,
 ) -> Result<Token> {
+    let admission =
+        node.map(|n| crate::nodestate::Admission::new(n.state.clone(), gate(n.owner.as_deref())));
     let mut url = url::Url::parse("http://169.254.169.254/metadata/identity/oauth2/token")
         .map_err(|_| Error::new(Code::Internal, "IMDS URL"))?;
     url.query_pairs_mut()
@@ -57,7 +67,7 @@ pub async fn fetch(
     };
     request::request(
         &ENDPOINT,
-        node,
+        admission.as_ref(),
         deadline,
         |timeout| {
             http.get(url.clone())

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 pub const ASSERTION_LIFETIME_SECS: i64 = 600;
 
 /// The claims kv checks in a service-account token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
     /// `iss`: the cluster's service-account issuer.
     pub issuer: String,
@@ -24,6 +24,42 @@ pub struct Claims {
     pub expires: i64,
     /// `nbf`, unix seconds, when present.
     pub not_before: Option<i64>,
+    /// What the `kubernetes.io` claim binds the token to (the API server puts it in every token
+    /// it issues for a pod; a JWT from anywhere else lacks it).
+    pub bound: Bound,
+}
+
+/// The `kubernetes.io` claim of a service-account token: `namespace`, `serviceaccount.name`,
+/// `pod.name` and `pod.uid` (bound tokens, Kubernetes 1.20+); each `None` when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// `kubernetes.io.namespace`.
+    pub namespace: Option<String>,
+    /// `kubernetes.io.serviceaccount.name`.
+    pub service_account: Option<String>,
+    /// `kubernetes.io.pod.name`.
+    pub pod_name: Option<String>,
+    /// `kubernetes.io.pod.uid`.
+    pub pod_uid: Option<String>,
+}
+
+/// The payload of a JWT as JSON, unverified, or why it is not one.
+fn payload(jwt: &str) -> std::result::Result<Value, &'static str> {
+    let mut parts = jwt.trim().split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not three dot-separated parts");
+    };
+    let bytes = B64URL
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "payload is not base64url")?;
+    serde_json::from_slice(&bytes).map_err(|_| "payload is not JSON")
+}
+
+/// A string claim of a JWT, unverified (e.g. `xms_mirid` of a token IMDS handed out).
+pub fn string_claim(jwt: &str, name: &str) -> Option<String> {
+    payload(jwt).ok()?.get(name)?.as_str().map(str::to_string)
 }
 
 /// The claims of `jwt`, unverified. The error never quotes the token.
@@ -34,16 +70,7 @@ pub fn claims(jwt: &str) -> Result<Claims> {
             format!("the service-account token is not a JWT ({why})"),
         )
     };
-    let mut parts = jwt.trim().split('.');
-    let (Some(_header), Some(payload), Some(_signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("not three dot-separated parts"));
-    };
-    let bytes = B64URL
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| bad("payload is not base64url"))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad("payload is not JSON"))?;
+    let v = payload(jwt).map_err(bad)?;
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let number = |k: &str| v.get(k).and_then(Value::as_i64);
     let audiences = match v.get("aud") {
@@ -54,12 +81,25 @@ pub fn claims(jwt: &str) -> Result<Claims> {
             .collect(),
         _ => Vec::new(),
     };
+    let k8s = v.get("kubernetes.io");
+    let nested = |path: &[&str]| {
+        path.iter()
+            .try_fold(k8s?, |v, k| v.get(*k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     Ok(Claims {
         issuer: text("iss").ok_or_else(|| bad("no iss claim"))?,
         subject: text("sub").ok_or_else(|| bad("no sub claim"))?,
         audiences,
         expires: number("exp").ok_or_else(|| bad("no exp claim"))?,
         not_before: number("nbf"),
+        bound: Bound {
+            namespace: nested(&["namespace"]),
+            service_account: nested(&["serviceaccount", "name"]),
+            pod_name: nested(&["pod", "name"]),
+            pod_uid: nested(&["pod", "uid"]),
+        },
     })
 }
 

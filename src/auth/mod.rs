@@ -106,13 +106,8 @@ impl Source {
                         "workload identity needs the pod's token: kv finds it from kubelet's mount dir, or kv fetch --token-file",
                     )
                 })?;
-                aad(
-                    client_id,
-                    AadCredential::Federated {
-                        token,
-                        subject: projected::subject_of(&spec.pod),
-                    },
-                )
+                let binding = projected::Binding::for_token(&token, &spec.pod)?;
+                aad(client_id, AadCredential::Federated { token, binding })
             }
         })
     }
@@ -134,6 +129,11 @@ pub struct Node {
     /// Ask NMI even when the cache holds the pod's token (and store the new one): NMI decides
     /// at every rotation refresh whether the pod still has its identity.
     pub reauthorize_pods: bool,
+    /// The namespace the requests are made for: its fair share of the node's request slots.
+    pub owner: Option<String>,
+    /// The node policy lets that namespace use any node identity (`"*"`): a request for the
+    /// system-assigned identity may then be answered with the VM's only user-assigned one.
+    pub any_node_identity: bool,
 }
 
 impl Node {
@@ -145,6 +145,8 @@ impl Node {
             cache: config.token_cache(),
             vault_requests: config.vault_requests_per_node() as usize,
             reauthorize_pods: false,
+            owner: None,
+            any_node_identity: false,
         }
     }
 }
@@ -214,6 +216,16 @@ impl Provider {
         })
     }
 
+    /// Whether the token for `resource` is already at hand (a successful fetch ended: from the
+    /// node's cache, at process start), without waiting or starting one.
+    pub fn ready(&self, resource: &str) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .get(resource)
+            .and_then(|slot| slot.get())
+            .is_some_and(|token| token.is_ok())
+    }
+
     /// The token for `resource` (e.g. `https://vault.azure.net`), fetched once.
     pub async fn token(&self, resource: &str) -> Result<Token> {
         let slot = {
@@ -256,8 +268,18 @@ impl Provider {
             Source::Aad { credential, .. } => aad::assertion(credential, &self.deadline).await?,
             _ => None,
         };
+        // A service-account token that kv cannot tie to a pod and service account (`kv fetch
+        // --token-file` without --namespace and --service-account) says nothing about whose
+        // cached token it may reuse: it is exchanged at AAD, which verifies it.
+        let unbound = matches!(
+            &self.source,
+            Source::Aad {
+                credential: AadCredential::Federated { binding: None, .. },
+                ..
+            }
+        );
         let node = match &self.node {
-            Some(node) if node.cache => node,
+            Some(node) if node.cache && !unbound => node,
             _ => {
                 return self
                     .ask(resource, assertion.as_ref())
@@ -287,12 +309,12 @@ impl Provider {
         let margin = nodestate::tokens::DEFAULT_MARGIN;
         let reuse = !(node.reauthorize_pods && matches!(self.source, Source::Nmi { .. }));
         if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
-            return Ok((from_cached(hit), true));
+            return self.checked(from_cached(hit)).map(|t| (t, true));
         }
         let _lock = cache.lock_async(&key, self.deadline.instant()).await?;
         // Whoever held the lock before us may have just stored it.
         if let Some(hit) = cache.get(&key, margin).filter(|_| reuse) {
-            return Ok((from_cached(hit), true));
+            return self.checked(from_cached(hit)).map(|t| (t, true));
         }
         let token = self.ask(resource, assertion.as_ref()).await?;
         let entry = nodestate::CachedToken {
@@ -412,9 +434,56 @@ impl Provider {
         }
     }
 
+    /// A token of the node's system-assigned identity must be one: IMDS answers a request that
+    /// names no identity with the VM's only user-assigned identity when it has no
+    /// system-assigned one (an AKS node pool's kubelet identity), and `"system"` in the node
+    /// policy must not grant that (a namespace allowed `"*"`, any node identity, may have it).
+    /// The token's `xms_mirid` names the identity's resource. Checked on cached tokens too: the
+    /// cache key is the identity asked for, not the policy that allowed it.
+    fn checked(&self, token: Token) -> Result<Token> {
+        let any = self.node.as_ref().is_some_and(|n| n.any_node_identity);
+        if let (
+            Source::Imds {
+                id: ManagedIdentity::System,
+            },
+            false,
+        ) = (&self.source, any)
+        {
+            if let Some(mirid) = jwt::string_claim(token.access_token.expose(), "xms_mirid") {
+                if mirid
+                    .to_ascii_lowercase()
+                    .contains("/providers/microsoft.managedidentity/userassignedidentities/")
+                {
+                    return Err(Error::new(
+                        crate::error::Code::Policy,
+                        format!(
+                            "IMDS answered the request for the node's system-assigned identity with the user-assigned identity {} (the VM has no system-assigned identity): \"system\" in policy.nodeIdentities means the VM's own identity only; to use this one, name it with vmmanagedidentityclientid and have the cluster operator list its client id in policy.nodeIdentities",
+                            // Whole (a resource id is longer than `printable` keeps), escaped.
+                            mirid
+                                .chars()
+                                .take(512)
+                                .flat_map(char::escape_debug)
+                                .collect::<String>()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(token)
+    }
+
     /// Asks the source itself.
     async fn ask(&self, resource: &str, assertion: Option<&aad::Assertion>) -> Result<Token> {
-        let node = self.node.as_ref().map(|n| &n.state);
+        let token = self.ask_source(resource, assertion).await?;
+        self.checked(token)
+    }
+
+    async fn ask_source(
+        &self,
+        resource: &str,
+        assertion: Option<&aad::Assertion>,
+    ) -> Result<Token> {
+        let node = self.node.as_ref();
         match &self.source {
             Source::Nmi {
                 port,

@@ -37,8 +37,6 @@ pub async fn fetch(
             "; is aad-pod-identity's NMI running on this node (or is nmiport wrong)?",
         )),
         backoff: BACKOFF,
-        throttle_host: None,
-        slots: None,
     };
     let who = format!("{namespace}/{pod}");
     // NMI is the node's own agent and authorises per pod: no node-wide throttle or slots.

@@ -66,7 +66,7 @@ fn read_once(file: &TokenFile) -> std::result::Result<Secret, Missing> {
         ))
     };
     let fd = match file {
-        TokenFile::File(path) => rustix::fs::open(
+        TokenFile::File { path, .. } => rustix::fs::open(
             path,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
@@ -132,9 +132,61 @@ fn open_volume_dir(volumes: &Path, volume: &str) -> rustix::io::Result<rustix::f
     rustix::fs::openat(&projected, volume, dir, Mode::empty())
 }
 
-/// Checks the token before it is sent anywhere: the token-exchange audience, the pod's own
-/// service account (`expected_subject`, when known), not expired. Returns its claims.
-pub fn check(token: &Secret, expected_subject: Option<&str>, now: i64) -> Result<Claims> {
+/// What a workload-identity token must be bound to: the pod's namespace and service account
+/// and, for a pod's own token, the pod's uid. Bound service-account tokens (what kubelet
+/// projects) carry them in their `kubernetes.io` claim; a JWT planted in a configMap or secret
+/// projection, or copied from another pod, does not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's service account.
+    pub service_account: String,
+    /// The pod's uid (`None` for an operator's token file, which belongs to no pod).
+    pub pod_uid: Option<String>,
+}
+
+impl Binding {
+    /// The binding `token` must have: a pod's projected token is bound to the pod (kubelet gave
+    /// its uid, namespace and service account); an operator's file to the namespace and service
+    /// account named with it (`kv fetch --namespace --service-account`), or to nothing.
+    pub fn for_token(token: &TokenFile, pod: &Pod) -> Result<Option<Binding>> {
+        let (namespace, service_account) = (pod.namespace.clone(), pod.service_account.clone());
+        let pod_uid = match token {
+            TokenFile::Projected { .. } => match &pod.uid {
+                Some(uid) => Some(uid.clone()),
+                None => return Err(no_pod("kubernetes.io/pod.uid")),
+            },
+            TokenFile::File { bound: true, .. } => None,
+            TokenFile::File { bound: false, .. } => return Ok(None),
+        };
+        Ok(Some(Binding {
+            namespace: namespace.ok_or_else(|| no_pod("kubernetes.io/pod.namespace"))?,
+            service_account: service_account
+                .ok_or_else(|| no_pod("kubernetes.io/serviceAccount.name"))?,
+            pod_uid,
+        }))
+    }
+
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub fn subject(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+fn no_pod(key: &str) -> Error {
+    Error::new(
+        Code::SaToken,
+        format!("workload identity needs the pod's {key}, which kubelet passes to every mount; kv cannot tell whose token it would send"),
+    )
+}
+
+/// Checks the token before it is sent anywhere: the token-exchange audience, bound to the pod
+/// and service account of `binding` (when known), not expired. Returns its claims.
+pub fn check(token: &Secret, binding: Option<&Binding>, now: i64) -> Result<Claims> {
     let claims = jwt::claims(token.expose())?;
     if !claims
         .audiences
@@ -149,16 +201,8 @@ pub fn check(token: &Secret, expected_subject: Option<&str>, now: i64) -> Result
             ),
         ));
     }
-    if let Some(want) = expected_subject {
-        if claims.subject != want {
-            return Err(Error::new(
-                Code::SaToken,
-                format!(
-                    "the service-account token is for {}, not this pod's {want}: kv sends only the pod's own token",
-                    crate::error::printable(&claims.subject)
-                ),
-            ));
-        }
+    if let Some(binding) = binding {
+        check_binding(&claims, binding)?;
     }
     if claims.expires <= now {
         return Err(Error::new(
@@ -178,13 +222,60 @@ pub fn check(token: &Secret, expected_subject: Option<&str>, now: i64) -> Result
     Ok(claims)
 }
 
-/// `system:serviceaccount:<namespace>:<name>` of the pod.
-pub fn subject_of(pod: &Pod) -> Option<String> {
-    Some(format!(
-        "system:serviceaccount:{}:{}",
-        pod.namespace.as_deref()?,
-        pod.service_account.as_deref()?
-    ))
+/// The token's subject and `kubernetes.io` claims must name the binding's service account,
+/// namespace and pod.
+fn check_binding(claims: &Claims, binding: &Binding) -> Result<()> {
+    let want = binding.subject();
+    if claims.subject != want {
+        return Err(Error::new(
+            Code::SaToken,
+            format!(
+                "the service-account token is for {}, not this pod's {want}: kv sends only the pod's own token",
+                crate::error::printable(&claims.subject)
+            ),
+        ));
+    }
+    let bound = &claims.bound;
+    let (Some(namespace), Some(service_account)) = (&bound.namespace, &bound.service_account)
+    else {
+        return Err(Error::new(
+            Code::SaToken,
+            "the service-account token is not bound to a pod (no kubernetes.io namespace and service account claims): kv sends only a token the API server issued for the pod, projected by kubelet from a serviceAccountToken source, not a JWT from a configMap or secret",
+        ));
+    };
+    if *namespace != binding.namespace || *service_account != binding.service_account {
+        return Err(Error::new(
+            Code::SaToken,
+            format!(
+                "the service-account token is bound to service account {}/{}, not {}/{}: kv sends only the pod's own token",
+                crate::error::printable(namespace),
+                crate::error::printable(service_account),
+                binding.namespace,
+                binding.service_account
+            ),
+        ));
+    }
+    if let Some(uid) = &binding.pod_uid {
+        match &bound.pod_uid {
+            Some(theirs) if theirs == uid => {}
+            Some(theirs) => {
+                return Err(Error::new(
+                    Code::SaToken,
+                    format!(
+                        "the service-account token is bound to pod {}, not this pod {uid}: kv sends only the pod's own token",
+                        crate::error::printable(theirs)
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::new(
+                    Code::SaToken,
+                    format!("the service-account token is not bound to a pod (no kubernetes.io pod claim), not this pod {uid}: kv sends only a token the API server issued for the pod, projected by kubelet from a serviceAccountToken source, not a JWT from a configMap or secret"),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,29 +295,69 @@ mod tests {
     #[test]
     fn claims_must_fit_the_pod() {
         let sub = "system:serviceaccount:app:web";
+        let pod = serde_json::json!({"namespace": "app", "serviceaccount": {"name": "web", "uid": "s1"},
+                                     "pod": {"name": "p", "uid": "u1"}});
+        let binding = Binding {
+            namespace: "app".into(),
+            service_account: "web".into(),
+            pod_uid: Some("u1".into()),
+        };
         let good = jwt(
-            serde_json::json!({"iss":"i","sub":sub,"aud":[TOKEN_EXCHANGE_AUDIENCE],"exp":2000}),
+            serde_json::json!({"iss":"i","sub":sub,"aud":[TOKEN_EXCHANGE_AUDIENCE],
+                                          "exp":2000,"kubernetes.io":pod}),
         );
-        assert_eq!(check(&good, Some(sub), 1000).unwrap().issuer, "i");
+        assert_eq!(check(&good, Some(&binding), 1000).unwrap().issuer, "i");
+        let other_pod = serde_json::json!({"namespace": "app", "serviceaccount": {"name": "web"},
+                                           "pod": {"name": "q", "uid": "u2"}});
+        let other_sa = serde_json::json!({"namespace": "app", "serviceaccount": {"name": "db"},
+                                          "pod": {"name": "p", "uid": "u1"}});
         let cases = [
             (
-                serde_json::json!({"iss":"i","sub":sub,"aud":"api://other","exp":2000}),
+                serde_json::json!({"iss":"i","sub":sub,"aud":"api://other","exp":2000,"kubernetes.io":pod}),
                 "audience",
             ),
             (
-                serde_json::json!({"iss":"i","sub":"system:serviceaccount:other:web","aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000}),
+                serde_json::json!({"iss":"i","sub":"system:serviceaccount:other:web","aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000,"kubernetes.io":pod}),
                 "not this pod's",
             ),
             (
-                serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,"exp":999}),
+                serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,"exp":999,"kubernetes.io":pod}),
                 "expired",
+            ),
+            // A JWT with the right subject but from no pod (a configMap or secret projection).
+            (
+                serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000}),
+                "not bound to a pod",
+            ),
+            (
+                serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000,"kubernetes.io":other_pod}),
+                "bound to pod u2, not this pod u1",
+            ),
+            (
+                serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000,"kubernetes.io":other_sa}),
+                "bound to service account app/db",
             ),
         ];
         for (claims, want) in cases {
-            let e = check(&jwt(claims), Some(sub), 1000).unwrap_err();
+            let e = check(&jwt(claims), Some(&binding), 1000).unwrap_err();
             assert_eq!(e.code(), Code::SaToken);
             assert!(e.message().contains(want), "{e}");
             assert!(!e.message().contains(".sig"), "the token leaked: {e}");
         }
+        // An operator's file named with a namespace and service account: no pod to match.
+        let operator = Binding {
+            pod_uid: None,
+            ..binding
+        };
+        let no_pod = serde_json::json!({"namespace": "app", "serviceaccount": {"name": "web"}});
+        let token = jwt(
+            serde_json::json!({"iss":"i","sub":sub,"aud":TOKEN_EXCHANGE_AUDIENCE,
+                                           "exp":2000,"kubernetes.io":no_pod}),
+        );
+        assert!(check(&token, Some(&operator), 1000).is_ok());
+        // Without a binding only audience and time are checked (and the cache is not used).
+        let unbound =
+            jwt(serde_json::json!({"iss":"i","sub":"x","aud":TOKEN_EXCHANGE_AUDIENCE,"exp":2000}));
+        assert!(check(&unbound, None, 1000).is_ok());
     }
 }

@@ -5,7 +5,7 @@
 
 use super::Token;
 use crate::error::{Code, Error, Result};
-use crate::nodestate::NodeState;
+use crate::nodestate::Admission;
 use crate::retry::{self, Attempt, Backoff, Deadline, Ended};
 use std::time::Duration;
 
@@ -28,18 +28,14 @@ pub(super) struct Endpoint<'a> {
     pub unreachable: Option<(Code, &'a str)>,
     /// Its retry shape.
     pub backoff: Backoff,
-    /// The host whose 429s (with Retry-After) every kv process of the node respects.
-    pub throttle_host: Option<&'a str>,
-    /// The node-wide request slots each attempt takes: (semaphore name, slots).
-    pub slots: Option<(&'static str, usize)>,
 }
 
 /// Runs the exchange: `build` makes the request with a timeout, `classify` reads status + body.
-/// With the node's state, each attempt first waits out the host's node-wide throttle window
-/// and takes a node-wide request slot (held until the answer is read).
+/// On a node, each attempt is admitted by the node first (its throttle window, a slot held
+/// until the answer is read) and its 429 recorded for the others.
 pub(super) async fn request<T>(
     endpoint: &Endpoint<'_>,
-    node: Option<&NodeState>,
+    admission: Option<&Admission>,
     deadline: &Deadline,
     build: impl Fn(Duration) -> reqwest::RequestBuilder,
     classify: impl Fn(u16, &[u8]) -> Answer<T>,
@@ -49,9 +45,9 @@ pub(super) async fn request<T>(
         let req = build(timeout);
         let classify = &classify;
         async move {
-            let _slot = match node {
-                Some(node) => match take_turn(endpoint, node, deadline).await {
-                    Ok(slot) => slot,
+            let _ticket = match admission.map(|a| a.enter(deadline)) {
+                Some(entering) => match entering.await {
+                    Ok(ticket) => Some(ticket),
                     Err(e) => return Attempt::Done(Err(e)),
                 },
                 None => None,
@@ -69,8 +65,8 @@ pub(super) async fn request<T>(
             };
             let status = resp.status().as_u16();
             let after = crate::http::retry_after_reqwest(resp.headers());
-            if let (Some(node), Some(host)) = (node, endpoint.throttle_host) {
-                crate::http::note_throttle(node, host, status, after);
+            if let Some(admission) = admission {
+                admission.note(status, after);
             }
             let Some(body) = crate::http::read_bounded(resp).await else {
                 return Attempt::Done(Err(Error::new(
@@ -96,26 +92,6 @@ pub(super) async fn request<T>(
         Ended::Done(result) | Ended::OutOfAttempts(result) => result,
         Ended::OutOfTime(last) => Err(deadline.expired(service, last.and_then(|r| r.err()))),
     }
-}
-
-/// Waits for the endpoint's host to leave its throttle window, then takes a request slot.
-async fn take_turn(
-    endpoint: &Endpoint<'_>,
-    node: &NodeState,
-    deadline: &Deadline,
-) -> Result<Option<crate::nodestate::SlotGuard>> {
-    if let Some(host) = endpoint.throttle_host {
-        crate::http::wait_for_host(node, host, deadline).await?;
-    }
-    let slot = match endpoint.slots {
-        Some((name, n)) => crate::http::node_slot(node, name, n, deadline).await?,
-        None => None,
-    };
-    // A 429 may have opened a window while this request queued for its slot.
-    if let (Some(host), Some(_)) = (endpoint.throttle_host, &slot) {
-        crate::http::wait_for_host(node, host, deadline).await?;
-    }
-    Ok(slot)
 }
 
 /// The error when the endpoint cannot be reached: what failed (the innermost cause), with the

@@ -1,11 +1,11 @@
 //! `kv agent`: the rotation agent (long-running, or `--once`), and `kv agent status`.
 //! The work is in [`crate::agent`].
 
-use crate::agent::pass::{self, PassOptions, PassReport};
-use crate::agent::record::{Record, Status, Store};
 use crate::agent::refresh::PipelineRefresh;
+use crate::agent::scheduler::{self, PassOptions, PassReport};
 use crate::config::NodeConfig;
 use crate::duration::format as format_duration;
+use crate::nodestate::{NodeState, Record, Status};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -49,6 +49,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Runs the agent, one pass, or the status report.
 pub fn run(args: AgentArgs) -> (String, u8) {
+    let path = args.config.clone().or_else(NodeConfig::path_beside_binary);
     let config = match &args.config {
         Some(path) if !path.exists() => {
             return (
@@ -66,25 +67,27 @@ pub fn run(args: AgentArgs) -> (String, u8) {
         Ok(c) => c,
         Err(e) => return (format!("{e}\n"), e.code().exit_class()),
     };
-    let store = Store::new(args.state_dir.unwrap_or_else(|| config.state_dir()));
+    let node = NodeState::at(args.state_dir.clone().unwrap_or_else(|| config.state_dir()));
     if let Some(AgentCommand::Status { json }) = args.command {
-        return status(&store, json);
+        return status(&node, json);
     }
     super::start_log(&config, "agent");
-    let refresh = PipelineRefresh { config };
+    crate::log::long_running();
+    let refresh = PipelineRefresh::new(config, path);
     let opts = PassOptions {
         once: args.once,
         concurrency: args.concurrency.max(1),
         ..PassOptions::default()
     };
     if args.once {
-        return match pass::run_pass(&store, &refresh, opts, pass::now()) {
+        scheduler::sweep(&node);
+        return match scheduler::run_pass(&node, &refresh, opts, scheduler::now()) {
             Ok(report) => summary(&report),
             Err(e) => (format!("{e}\n"), e.code().exit_class()),
         };
     }
     stop_on_signal();
-    match pass::run(&store, &refresh, opts, &STOP) {
+    match scheduler::run(&node, &refresh, opts, &STOP) {
         Ok(()) => (String::new(), 0),
         Err(e) => (format!("{e}\n"), e.code().exit_class()),
     }
@@ -138,12 +141,13 @@ fn summary(report: &PassReport) -> (String, u8) {
     (out, u8::from(!report.failed.is_empty()))
 }
 
-fn status(store: &Store, json: bool) -> (String, u8) {
+fn status(node: &NodeState, json: bool) -> (String, u8) {
+    let store = node.volumes();
     let loaded = match store.load_all() {
         Ok(l) => l,
         Err(e) => return (format!("{e}\n"), e.code().exit_class()),
     };
-    let now = pass::now();
+    let now = scheduler::now();
     let mut out = String::new();
     for record in &loaded.records {
         let st = store.load_status(&record.dir);
@@ -168,12 +172,18 @@ fn status(store: &Store, json: bool) -> (String, u8) {
 
 /// Everything but the options (they may hold a client secret).
 fn status_json(record: &Record, st: &Status) -> serde_json::Value {
+    // Not what was written: its digest is a hash of the secrets' bytes.
+    let mut st = serde_json::to_value(st).unwrap_or_default();
+    if let Some(o) = st.as_object_mut() {
+        o.remove("written");
+    }
     serde_json::json!({
         "dir": record.dir,
         "pod": record.pod,
         "identity": record.identity,
         "interval_secs": record.interval_secs,
         "read_only": record.read_only,
+        "agent_mount": record.agent_mount,
         "status": st,
         "current": current_version(&record.dir),
     })

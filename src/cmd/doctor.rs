@@ -195,6 +195,20 @@ fn check_node_state(r: &mut Report, config: &NodeConfig) {
         "off (kv.json tokenCache: false): every mount asks its token source".to_string()
     };
     r.add(Verdict::Pass, "node cache", cache);
+    let c = &summary.counts;
+    r.add(
+        Verdict::Pass,
+        "node state",
+        format!(
+            "{}: {} token entries, {} lock files, {} slot files, {} volume records, {} agent mounts",
+            state.root().display(),
+            c.token_entries,
+            c.lock_files,
+            c.slot_files,
+            c.volume_records,
+            c.agent_mounts
+        ),
+    );
     for t in &summary.tokens {
         let left = t.expires_on - now;
         let when = if left > 0 {
@@ -239,7 +253,11 @@ fn workload_token(r: &mut Report, args: &DoctorArgs, mut spec: VolumeSpec) -> Vo
         return spec;
     };
     let file = match (&args.token_file, &spec.pod.uid) {
-        (Some(f), _) => TokenFile::File(f.clone()),
+        (Some(f), _) => TokenFile::File {
+            path: f.clone(),
+            // Checked against the options' namespace and service account when they name them.
+            bound: spec.pod.namespace.is_some() && spec.pod.service_account.is_some(),
+        },
         (None, Some(uid)) => {
             let root = args
                 .kubelet_root
@@ -259,11 +277,8 @@ fn workload_token(r: &mut Report, args: &DoctorArgs, mut spec: VolumeSpec) -> Vo
     let result = pipeline::block_on(async {
         let jwt = crate::auth::projected::read(&file, &Deadline::after(TOKEN_PROBE)).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = crate::auth::projected::check(
-            &jwt,
-            crate::auth::projected::subject_of(&spec.pod).as_deref(),
-            now,
-        )?;
+        let binding = crate::auth::projected::Binding::for_token(&file, &spec.pod)?;
+        let claims = crate::auth::projected::check(&jwt, binding.as_ref(), now)?;
         Ok((claims, now))
     });
     match result {

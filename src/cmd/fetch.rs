@@ -56,6 +56,14 @@ pub struct FetchArgs {
     /// With --workload-identity: the service-account token file.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// With --workload-identity: the namespace of the service account the token must be bound
+    /// to (with --service-account). Only then may the node's token cache answer; without them
+    /// the token is always exchanged at AAD, which verifies it.
+    #[arg(long, value_name = "NS", requires_all = ["workload_identity", "service_account"])]
+    pub namespace: Option<String>,
+    /// With --workload-identity and --namespace: the service account the token must be bound to.
+    #[arg(long, value_name = "NAME", requires_all = ["workload_identity", "namespace"])]
+    pub service_account: Option<String>,
     /// AAD tenant id.
     #[arg(long)]
     pub tenant: Option<String>,
@@ -109,7 +117,10 @@ fn fetch(args: FetchArgs) -> Result<String> {
     let options = options_json(&args)?;
     let mut spec = VolumeSpec::parse(&options)?;
     if let Some(file) = &args.token_file {
-        spec.token_file = Some(crate::options::TokenFile::File(file.clone()));
+        spec.token_file = Some(crate::options::TokenFile::File {
+            path: file.clone(),
+            bound: args.namespace.is_some() && args.service_account.is_some(),
+        });
     }
     let cloud = pipeline::resolve(&spec, &config)?;
     if args.dry_run {
@@ -277,16 +288,24 @@ fn add_identity_flags(args: &FetchArgs, m: &mut Map<String, Value>) -> Result<()
         (Some(id), true) => {
             m.insert("useworkloadidentity".into(), json!("true"));
             m.insert("clientid".into(), json!(id));
-            // kubelet's keys, from the token's own subject (the operator chose the token).
-            let token =
-                super::input::read(args.token_file.as_deref().unwrap_or_else(|| Path::new("")))?;
-            let claims = crate::auth::jwt::claims(&token)?;
-            let mut parts = claims.subject.splitn(4, ':');
-            if let (Some("system"), Some("serviceaccount"), Some(ns), Some(sa)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            {
+            // kubelet's keys: the service account the operator named, which the token must be
+            // bound to; else the token's own subject (the operator chose the token), and then
+            // the node's token cache is not used.
+            if let (Some(ns), Some(sa)) = (&args.namespace, &args.service_account) {
                 m.insert("kubernetes.io/pod.namespace".into(), json!(ns));
                 m.insert("kubernetes.io/serviceAccount.name".into(), json!(sa));
+            } else {
+                let token = super::input::read(
+                    args.token_file.as_deref().unwrap_or_else(|| Path::new("")),
+                )?;
+                let claims = crate::auth::jwt::claims(&token)?;
+                let mut parts = claims.subject.splitn(4, ':');
+                if let (Some("system"), Some("serviceaccount"), Some(ns), Some(sa)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                {
+                    m.insert("kubernetes.io/pod.namespace".into(), json!(ns));
+                    m.insert("kubernetes.io/serviceAccount.name".into(), json!(sa));
+                }
             }
             m.insert("kubernetes.io/pod.uid".into(), json!("kv-fetch"));
         }

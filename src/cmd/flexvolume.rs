@@ -1,9 +1,9 @@
 //! The FlexVolume verbs kubelet calls: `mount <dir> <json>` and `unmount <dir>`. Each returns
 //! exactly one [`Reply`]; the work is [`crate::pipeline`] (mount) and [`crate::volume`].
 
-use crate::agent::record::{Record, Store};
 use crate::config::NodeConfig;
 use crate::error::{Code, Error, Result};
+use crate::nodestate::{NodeState, PodRef, Record, Status};
 use crate::options::VolumeSpec;
 use crate::pipeline;
 use crate::reply::Reply;
@@ -69,13 +69,17 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     let rotation = pipeline::rotation(&spec, config)?;
 
     volume::ensure_dir(dir)?;
-    let _lock = volume::lock(dir)?;
+    let node = config.node_state();
+    // Only kv processes (root, the host's mount namespace) may unmount: the agent's mounts of
+    // volumes that are gone are removed here and at unmount.
+    node.sweep_agent_mounts();
+    let _lock = node.lock_volume(dir, deadline.instant())?;
     if volume::already_mounted(dir)? {
         // kubelet normally checks this itself; a repeated call must not refetch. It does save
         // the record again: a mount killed between attaching and saving is retried this way.
         crate::log::info("already_mounted", json!({}));
         return match rotation {
-            Some(interval) => save_record(dir, json, &spec, interval, config),
+            Some(interval) => save_record(&node, dir, json, &spec, interval, None),
             None => Ok(()),
         };
     }
@@ -90,14 +94,48 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
             ),
         ));
     }
-    volume::mount(dir, &layout)?;
-    if let Some(interval) = rotation {
-        // Without its record the pod would never rotate: the mount fails rather than quietly
-        // giving less than the pod asked for.
-        if let Err(e) = save_record(dir, json, &spec, interval, config) {
-            let _ = volume::unmount(dir);
-            return Err(e);
-        }
+    let agent = match rotation {
+        Some(_) => Some(node.agent_mount_point(dir)?),
+        None => None,
+    };
+    let written = volume::mount(dir, &layout, agent.as_ref()).and_then(|()| {
+        let Some(interval) = rotation else {
+            return Ok(());
+        };
+        // What the mount wrote: the agent compares its fetches to it without reading the
+        // volume. Without the record the pod would never rotate: the mount fails rather than
+        // quietly giving less than the pod asked for.
+        let perms = volume::versioned::Perms {
+            dir_mode: layout.dir_mode,
+            gid: layout.gid,
+        };
+        let written = agent
+            .as_ref()
+            .map(|a| -> Result<_> {
+                let root = crate::atomic::open_dir(&a.path).map_err(|e| {
+                    Error::new(
+                        Code::Mount,
+                        format!("cannot open {}: {e}", a.path.display()),
+                    )
+                })?;
+                let version =
+                    volume::versioned::current(rustix::fd::AsFd::as_fd(&root))?.unwrap_or_default();
+                Ok(crate::nodestate::Written {
+                    stamp: volume::versioned::stamp(rustix::fd::AsFd::as_fd(&root), &version)?,
+                    digest: volume::versioned::digest(&layout.files, perms),
+                    version,
+                })
+            })
+            .transpose()?;
+        save_record(&node, dir, json, &spec, interval, Some(written))
+    });
+    if let Err(e) = written {
+        let _ = volume::unmount(dir);
+        let _ = node.remove_agent_mount(dir);
+        return Err(e);
+    }
+    if let Some(pods) = dir.ancestors().nth(4) {
+        node.note_pods_dir(pods);
     }
     crate::log::info(
         "mounted",
@@ -106,15 +144,43 @@ fn mount_volume(dir: &Path, json: &str, config: &NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Saves what `kv agent` needs to refresh the volume (root-only, under the node's state dir).
+/// Saves what `kv agent` needs to refresh the volume (root-only, in the node state); with
+/// `written` (a fresh mount), also its first status: what is in the volume.
 fn save_record(
+    node: &NodeState,
     dir: &Path,
     json: &str,
     spec: &VolumeSpec,
     interval: std::time::Duration,
-    config: &NodeConfig,
+    written: Option<Option<crate::nodestate::Written>>,
 ) -> Result<()> {
-    Store::new(config.state_dir()).save(&Record::for_volume(dir, json, spec, interval))
+    let mut record = Record::new(
+        dir.to_path_buf(),
+        PodRef {
+            uid: spec.pod.uid.clone(),
+            namespace: spec.pod.namespace.clone(),
+            name: spec.pod.name.clone(),
+            service_account: spec.pod.service_account.clone(),
+        },
+        json.to_string(),
+        interval,
+        &spec.identity.describe(),
+        spec.read_only,
+    );
+    let agent_mount = node.agent_mount_path(dir);
+    let table = crate::nodestate::MountTable::read()?;
+    if table.kv_volume(&agent_mount).is_some() {
+        record.agent_mount = Some(agent_mount);
+    }
+    let volumes = node.volumes();
+    if let Some(written) = written {
+        let status = Status {
+            written,
+            ..Status::default()
+        };
+        volumes.save_status(dir, &status)?;
+    }
+    volumes.save(&record)
 }
 
 fn log_context(dir: &Path, spec: &VolumeSpec) {
@@ -149,15 +215,29 @@ fn unmount_call(args: &[OsString]) -> Result<()> {
     if let Some(uid) = volume::pod_uid(&dir) {
         crate::log::set_context("pod_uid", uid);
     }
-    let _lock = volume::lock(&dir)?;
+    let node = config.node_state();
+    let deadline = std::time::Instant::now() + config.deadline();
+    let _lock = node.lock_volume(&dir, deadline)?;
     volume::unmount(&dir)?;
+    node.remove_agent_mount(&dir)?;
     // The agent's record of a rotating volume goes with it. The volume is gone either way: a
-    // record left behind is collected by the agent's next pass, so it never fails the unmount.
-    if let Err(e) = Store::new(config.state_dir()).remove(&dir) {
+    // record left behind is collected by the agent, so it never fails the unmount.
+    if let Err(e) = node.volumes().remove(&dir) {
         crate::log::warn(
             "rotation_record_left",
             json!({"code": e.code().as_str(), "message": e.message()}),
         );
     }
+    drop(_lock);
+    node.sweep_agent_mounts();
+    if let Some(swept) = node.sweep_if_due(SWEEP_EVERY) {
+        crate::log::info(
+            "node_state_swept",
+            json!({"token_entries": swept.tokens, "lock_files": swept.locks}),
+        );
+    }
     Ok(())
 }
+
+/// How often `kv unmount` sweeps the node state (a node without the agent stays bounded too).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);

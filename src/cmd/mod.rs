@@ -1,6 +1,6 @@
 //! Front-ends: argv → one verb. FlexVolume verbs are matched by hand, exactly as kubelet sends
 //! them ([`flexvolume`]); anything else kubelet might send answers "Not supported". Operator
-//! commands (`kv fetch`, `kv doctor`, `kv logs`, `kv install`, `kv --version`) are for humans,
+//! commands (`kv fetch`, `kv doctor`, `kv logs`, `kv install`, `kv manifest`, `kv --version`) are for humans,
 //! parsed with clap, and print text. Every front-end is thin: the work is in
 //! [`crate::pipeline`], [`crate::volume`] and [`crate::install`].
 
@@ -10,6 +10,7 @@ pub mod fetch;
 mod flexvolume;
 mod input;
 pub mod logs;
+pub mod manifest;
 
 use crate::config::NodeConfig;
 use crate::reply::Reply;
@@ -25,7 +26,7 @@ pub enum Outcome {
 
 /// Commands for people (not kubelet): they may print text and progress.
 const OPERATOR_COMMANDS: &[&str] = &[
-    "install", "fetch", "doctor", "logs", "agent", "help", "--help", "-h",
+    "install", "fetch", "doctor", "logs", "agent", "manifest", "help", "--help", "-h",
 ];
 
 /// Whether kubelet (not a person) is calling: then stderr is redirected before anything runs.
@@ -52,6 +53,9 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Keep rotating volumes in step with Key Vault (`--once`: refresh all now; `status`).
     Agent(agent::AgentArgs),
+    /// Print Kubernetes objects for using kv (`pv`: a PersistentVolume + claim for namespaces
+    /// that refuse inline flexVolumes).
+    Manifest(manifest::ManifestArgs),
 }
 
 fn operator(args: Vec<OsString>) -> Outcome {
@@ -69,6 +73,7 @@ fn operator(args: Vec<OsString>) -> Outcome {
         Command::Doctor(a) => doctor::run(a),
         Command::Logs(a) => logs::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Manifest(a) => manifest::run(a),
     };
     Outcome::Text(text, code)
 }
@@ -88,9 +93,10 @@ pub fn run(args: Vec<OsString>) -> Outcome {
 
 /// Starts the call's log: `KV_LOG_FILE`, else the node config's path.
 fn start_log(config: &NodeConfig, verb: &str) {
-    crate::log::init(
-        config.log_path(crate::env::get().log_file.clone()),
-        config.log_max_bytes(),
-        verb,
-    );
+    let path = config.log_path(crate::env::get().log_file.clone());
+    // kv's own log directory is private even when a hostPath volume created it 0755 first.
+    if path == std::path::Path::new(crate::config::DEFAULT_LOG_PATH) {
+        crate::log::private_dir(&path);
+    }
+    crate::log::init(path, config.log_max_bytes(), verb);
 }

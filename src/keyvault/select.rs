@@ -175,7 +175,10 @@ impl Fetcher {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
-        let mut options = self.client_options(true, None);
+        // Through the node's admission of the vault's host like every Key Vault request.
+        let client = crate::http::client_with(self.tls.clone(), None)?;
+        let admission = self.admission(&host);
+        let mut options = self.client_options(true, &client, &admission);
         options
             .per_call_policies
             .push(Arc::new(VaultHostOnly { host }));

@@ -1,20 +1,46 @@
 //! Lock files held with `flock`: exclusive across processes and threads (each open is its own
-//! lock), and released by the kernel when the holder closes the file or dies, so a crashed
-//! mount never leaves a lock behind. Lock files themselves stay: removing one another process
-//! may be waiting on would let two holders in.
+//! lock), released by the kernel when the holder closes the file or dies, so a crashed process
+//! never leaves a lock held.
+//!
+//! The one lock-file policy of the node state: a lock file exists only while someone holds
+//! it. The holder unlinks it while still holding it ([`Held`]'s drop), and every taker checks
+//! after `flock` that the name still leads to the inode it locked; if not (the previous holder
+//! removed it), that inode guards nothing and the taker tries again on a fresh file. So
+//! removal never lets two holders in, and lock files never accumulate: one a dead holder left
+//! behind is removed by the next taker of that name, or by the sweep ([`super::sweep`]).
 
 use super::private;
-use rustix::fd::OwnedFd;
-use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// A held lock; dropping it releases it.
+/// A held lock; dropping it removes the lock file and releases the lock.
 #[derive(Debug)]
 pub(super) struct Held {
-    _file: OwnedFd,
+    file: OwnedFd,
+    /// The directory, for the unlink on release (a duplicate: the lock may outlive the caller's
+    /// descriptor).
+    dir: OwnedFd,
+    name: String,
+}
+
+impl Held {
+    /// The locked file (a slot writes its owner's tag into it).
+    pub(super) fn file(&self) -> &OwnedFd {
+        &self.file
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Still held: nobody else can have replaced the file at this name meanwhile.
+        private::remove(&self.dir, &self.name);
+        // `self.file` closes after this, releasing the lock.
+        let _ = &self.file;
+    }
 }
 
 /// Opens (creating 0600, no symlink followed) the lock file `dir/name`; a link or a file
@@ -110,12 +136,44 @@ async fn poll<T, F: Future<Output = ()>>(
     }
 }
 
-/// One try at the lock file `dir/name`: the held lock, or `None` while someone else holds it.
+/// One try at the lock file `dir/name`: the held lock, or `None` while someone else holds it
+/// (or removed it just now: the caller tries again).
 pub(super) fn try_file(dir: &OwnedFd, name: &str) -> io::Result<Option<Held>> {
     let file = open(dir, name)?;
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(Held { _file: file })),
-        Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => Ok(None),
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let held = rustix::fs::fstat(&file)?;
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(now) if now.st_ino == held.st_ino && now.st_dev == held.st_dev => Ok(Some(Held {
+            file,
+            dir: rustix::io::dup(dir.as_fd())?,
+            name: name.to_owned(),
+        })),
+        // Removed (or replaced) by the previous holder: this inode guards nothing.
+        Ok(_) | Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A lock the caller took itself on `dir/name` (opened with [`open`]) while it alone could take
+/// that name (under another lock guarding the name): held and removed on release like any.
+pub(super) fn adopt(dir: &OwnedFd, name: &str, file: OwnedFd) -> io::Result<Held> {
+    Ok(Held {
+        file,
+        dir: rustix::io::dup(dir.as_fd())?,
+        name: name.to_owned(),
+    })
+}
+
+/// Removes the lock files of `dir` that nobody holds (left by holders that died); returns how
+/// many were removed. Taking each lock first makes the removal safe for any waiter.
+pub(super) fn sweep(dir: &OwnedFd, is_lock: impl Fn(&str) -> bool) -> usize {
+    private::names(dir)
+        .into_iter()
+        .filter(|n| is_lock(n))
+        .filter(|n| matches!(try_file(dir, n), Ok(Some(_))))
+        .count()
 }

@@ -261,7 +261,7 @@ impl CacheKey {
             ),
         };
         let json = serde_json::to_string(&canonical)?;
-        let canonical = format!("kv-token-cache/1 {json}");
+        let canonical = format!("{CANONICAL_PREFIX}{json}");
         let name = hex::encode(Sha256::digest(canonical.as_bytes()));
         let label = format!("{label} for {}", resource_of(identity));
         Ok(CacheKey {
@@ -290,6 +290,19 @@ impl CacheKey {
     pub(super) fn canonical(&self) -> &str {
         &self.canonical
     }
+}
+
+/// What every canonical key starts with (its format version), before the JSON.
+const CANONICAL_PREFIX: &str = "kv-token-cache/1 ";
+
+/// The pod uid in a pod-identity key's canonical form (as stored in a cache entry).
+pub(super) fn pod_uid_of(canonical: &str) -> Option<String> {
+    let json = canonical.strip_prefix(CANONICAL_PREFIX)?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    if v.get("kind")?.as_str()? != "pod-identity" {
+        return None;
+    }
+    v.get("uid")?.as_str().map(str::to_owned)
 }
 
 fn resource_of<'a>(identity: &Identity<'a>) -> &'a str {

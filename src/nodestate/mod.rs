@@ -1,38 +1,63 @@
 //! The node's shared state: what every kv process on a node agrees on, kept in one root-only
-//! directory on tmpfs (`/run/kv`, gone at reboot with the volumes it describes).
+//! directory on tmpfs (`stateDir`, default `/run/kv`, gone at reboot with the volumes it
+//! describes). This module is its one owner: nothing else opens a file under it.
 //!
 //! Every kv mount is its own short-lived process, so anything that must be shared across a
 //! burst of mounts (a token one identity already obtained, how many IMDS requests are in
-//! flight, which host answered 429) lives here as files guarded by `flock`, which the kernel
-//! releases when a process dies:
+//! flight, which host answered 429, which call works on a volume) lives here as files guarded
+//! by `flock`, which the kernel releases when a process dies:
 //!
 //! ```text
 //! <root>/            0700, owned by root (or the running user, for tests)
 //!   tokens/          token cache: one 0600 file per identity key (see [`tokens`]), its
-//!                    `<name>.lock` for single flight, `.key` the node key for keyed hashes
-//!   slots/           `<name>.<i>`: cross-process counting semaphores (see [`slots`])
-//!   throttle/        "host H answered 429 until T" (see [`throttle`])
+//!                    `<name>.lock` while one process fetches it, `.key` the node key
+//!   slots/           `<name>.<i>`: cross-process counting semaphores with a fair share per
+//!                    namespace (see [`slots`])
+//!   throttle/        "who was throttled (a host, or an AAD app) until T" (see [`throttle`])
+//!   locks/           `<sha256(mount dir)>.lock`: one call at a time per volume ([`locks`])
+//!   volumes/         the rotation agent's record and status of each rotating volume
+//!                    ([`volumes`])
+//!   mnt/             the agent's own mount of each rotating volume ([`agent_mounts`])
+//!   pods-dir         kubelet's pods directory, for sweeping ([`sweep`])
 //! ```
 //!
+//! [`admission`] is how a request goes through slots and throttle windows: wait out the
+//! window, take a slot, record a 429.
+//!
+//! One set of rules for every file: directories 0700 and ours ([`private`]), files read only
+//! through the one trusted-file reader, written only atomically, lock files present only while
+//! held ([`flock`]), and whatever a gone pod or a dead process left swept ([`sweep`]).
 //! Every entry point takes the root from a [`NodeState`], so tests use a temporary directory.
-//! See docs/node-state.md for the design.
+//! See docs/node-state.md for the layout, owners and bounds.
 
+pub mod admission;
+mod agent_mounts;
 mod flock;
 mod key;
+pub mod locks;
+pub mod mounts;
 mod private;
 pub mod slots;
 mod summary;
+pub mod sweep;
 pub mod throttle;
 pub mod tokens;
+pub mod volumes;
 
 #[cfg(test)]
 mod tests;
 
+pub use admission::{Admission, Gate, Ticket};
+pub use agent_mounts::AgentMountPoint;
 pub use key::{CacheKey, Identity, Kind, NodeId};
+pub use locks::VolumeLock;
+pub use mounts::{Mount, MountTable};
 pub use slots::SlotGuard;
-pub use summary::{Summary, ThrottleEntry, TokenEntry};
+pub use summary::{Counts, Summary, ThrottleEntry, TokenEntry};
+pub use sweep::Swept;
 pub use throttle::Throttle;
 pub use tokens::{CachedToken, TokenCache, TokenLock};
+pub use volumes::{LastError, Loaded, PodRef, Record, Status, Volumes, Written};
 
 use crate::error::{Code, Error, Result};
 use rustix::fd::OwnedFd;

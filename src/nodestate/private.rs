@@ -42,6 +42,18 @@ pub(super) fn open_dir(parent: impl AsFd, name: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Opens the existing directory `path` as [`open_dir`] would, without creating anything:
+/// `Ok(None)` when it does not exist, an error when it is not ours.
+pub(super) fn open_existing(path: &Path) -> io::Result<Option<OwnedFd>> {
+    let fd = match rustix::fs::open(path, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    secure_dir(&fd, &path.display().to_string())?;
+    Ok(Some(fd))
+}
+
 /// Opens an existing directory for reading, if it is a trusted one; never creates anything.
 pub(super) fn existing_dir(path: &Path) -> Option<OwnedFd> {
     let fd = rustix::fs::open(path, dir_flags(), Mode::empty()).ok()?;
@@ -72,51 +84,72 @@ fn secure_dir(fd: &OwnedFd, what: &str) -> io::Result<()> {
 /// Reads `dir/name` if it is trustworthy; an untrustworthy entry (symlink, not a regular file,
 /// foreign owner, group/world-readable, oversized) is removed. `None` when missing or removed.
 pub(super) fn read(dir: &OwnedFd, name: &str) -> Option<Zeroizing<Vec<u8>>> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-        Ok(file) => file,
-        Err(Errno::NOENT) => return None,
+    match read_checked(dir, name, MAX_FILE) {
+        Ok(bytes) => bytes,
         Err(_) => {
-            // A symlink (ELOOP) or anything else we cannot open as a plain file.
-            remove(dir, name);
-            return None;
-        }
-    };
-    match read_trusted(&file) {
-        Some(bytes) => Some(bytes),
-        None => {
             remove(dir, name);
             None
         }
     }
 }
 
-fn read_trusted(file: &OwnedFd) -> Option<Zeroizing<Vec<u8>>> {
-    let st = rustix::fs::fstat(file).ok()?;
-    let size = u64::try_from(st.st_size).ok()?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-        || !trusted_owner(st.st_uid)
-        || st.st_mode & 0o077 != 0
-        || size > MAX_FILE
-    {
-        return None;
+/// The one trusted-file reader of the node state: `dir/name` if it is a regular file (opened
+/// with `O_NOFOLLOW|O_NONBLOCK`, so never through a link and never blocking on a FIFO), owned
+/// by root or us, not accessible to group or others, and at most `max` bytes. `Ok(None)` when
+/// missing; `Err` says why it is not trusted (never quoting its content).
+pub(super) fn read_checked(
+    dir: &OwnedFd,
+    name: &str,
+    max: u64,
+) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(file) => file,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => return Err("a symlink".into()),
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot inspect: {e}"))?;
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err("not a regular file".into());
+    }
+    if !trusted_owner(st.st_uid) || st.st_mode & 0o077 != 0 {
+        return Err(format!(
+            "owned by uid {} with mode {:04o}, not root and 0600",
+            st.st_uid,
+            st.st_mode & 0o7777
+        ));
+    }
+    if size > max {
+        return Err(format!("larger than {max} bytes"));
     }
     // Sized up front so the buffer never reallocates and leaves an unzeroed copy behind.
-    let mut bytes = Zeroizing::new(vec![0u8; usize::try_from(MAX_FILE + 1).ok()?]);
+    let cap = usize::try_from(size.saturating_add(1).min(max + 1)).unwrap_or(0);
+    let mut bytes = Zeroizing::new(vec![0u8; cap.max(1)]);
     let mut len = 0;
     loop {
-        match rustix::io::read(file, &mut bytes[len..]) {
+        if len == bytes.len() {
+            if len as u64 > max {
+                return Err(format!("larger than {max} bytes"));
+            }
+            // Grew since fstat: read on into a fresh buffer, zeroing the old one.
+            let mut bigger = Zeroizing::new(vec![0u8; (len * 2).min(max as usize + 1)]);
+            bigger[..len].copy_from_slice(&bytes[..len]);
+            bytes = bigger;
+        }
+        match rustix::io::read(&file, &mut bytes[len..]) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(Errno::INTR) => {}
-            Err(_) => return None,
-        }
-        if len as u64 > MAX_FILE {
-            return None;
+            Err(e) => return Err(format!("cannot read: {e}")),
         }
     }
+    if len as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
     bytes.truncate(len);
-    Some(bytes)
+    Ok(Some(bytes))
 }
 
 /// Atomically replaces `dir/name` with `bytes`, mode 0600 (the one atomic writer).

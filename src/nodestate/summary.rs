@@ -31,9 +31,26 @@ pub struct ThrottleEntry {
     pub remaining: Duration,
 }
 
+/// How many files of each kind the node state holds: what bounds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Token cache entries.
+    pub token_entries: usize,
+    /// Lock files (token, volume and throttle locks): only held ones, plus a dead holder's.
+    pub lock_files: usize,
+    /// Slot files: only held ones, plus a dead holder's.
+    pub slot_files: usize,
+    /// Rotating volumes' records.
+    pub volume_records: usize,
+    /// The agent's mounts of rotating volumes.
+    pub agent_mounts: usize,
+}
+
 /// The node state at a glance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// File counts.
+    pub counts: Counts,
     /// Cached tokens, soonest expiry first.
     pub tokens: Vec<TokenEntry>,
     /// Hosts throttling now.
@@ -45,11 +62,29 @@ impl NodeState {
     pub fn summary(&self) -> Summary {
         let now = unix_now();
         let mut summary = Summary::default();
+        for sub in ["locks", "throttle"] {
+            if let Some(dir) = self.existing_dir(sub) {
+                summary.counts.lock_files += private::names(&dir)
+                    .iter()
+                    .filter(|n| n.ends_with(".lock"))
+                    .count();
+            }
+        }
+        if let Some(dir) = self.existing_dir("slots") {
+            summary.counts.slot_files = private::names(&dir).len();
+        }
+        summary.counts.volume_records = self.volumes().count();
+        summary.counts.agent_mounts = self.agent_mount_count();
         if let Some(dir) = self.existing_dir("tokens") {
             for name in private::names(&dir) {
-                if name.starts_with('.') || name.ends_with(".lock") {
+                if name.ends_with(".lock") {
+                    summary.counts.lock_files += 1;
                     continue;
                 }
+                if name.starts_with('.') {
+                    continue;
+                }
+                summary.counts.token_entries += 1;
                 let Some(bytes) = private::read(&dir, &name) else {
                     continue;
                 };
@@ -92,6 +127,12 @@ impl fmt::Display for Summary {
     /// expires in 3540s, written 60s ago`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let now = unix_now().as_secs() as i64;
+        let c = &self.counts;
+        writeln!(
+            f,
+            "node state: {} token entries, {} lock files, {} slot files, {} volume records, {} agent mounts",
+            c.token_entries, c.lock_files, c.slot_files, c.volume_records, c.agent_mounts
+        )?;
         if self.tokens.is_empty() {
             writeln!(f, "token cache: empty")?;
         }

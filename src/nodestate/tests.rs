@@ -469,6 +469,73 @@ fn lock_wait_gives_up_at_the_deadline() {
     );
 }
 
+#[test]
+fn lock_files_exist_only_while_held_and_leftovers_are_swept() {
+    let root = Root::new("lock-policy");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let file = root.path(&format!("tokens/{}.lock", key.file_name()));
+    let held = cache.lock(&key, Instant::now()).unwrap();
+    assert!(file.exists());
+    drop(held);
+    assert!(!file.exists(), "removed by its holder");
+    // A holder that died leaves its file behind (and no lock): the sweep removes it.
+    std::fs::write(&file, b"").unwrap();
+    let dead = root.path("locks");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("x.lock"), b"").unwrap();
+    let swept = root.state.sweep();
+    assert_eq!(swept.locks, 2, "{swept:?}");
+    assert!(!file.exists() && names_in(&dead).is_empty());
+    // Volume locks: under the root, with a deadline, gone once released.
+    let dir = std::path::Path::new("/k/pods/u/volumes/azure~kv/v");
+    let held = root.state.lock_volume(dir, Instant::now()).unwrap();
+    let started = Instant::now();
+    let e = root
+        .state
+        .lock_volume(dir, Instant::now() + Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(names_in(&dead).len(), 1);
+    drop(held);
+    assert!(names_in(&dead).is_empty());
+    let c = root.state.summary().counts;
+    assert_eq!((c.lock_files, c.slot_files, c.volume_records), (0, 0, 0));
+}
+
+#[test]
+fn the_sweep_drops_entries_of_gone_pods_and_expired_ones_only() {
+    let root = Root::new("sweep-pods");
+    let cache = root.state.tokens().unwrap();
+    let cloud = public();
+    let pods = root.path("kubelet/pods");
+    std::fs::create_dir_all(pods.join("live-uid")).unwrap();
+    std::fs::create_dir_all(pods.join("gone-uid")).unwrap();
+    root.state.note_pods_dir(&pods);
+    let live = cache.key(&pod(&cloud, "a", "live-uid")).unwrap();
+    let gone = cache.key(&pod(&cloud, "b", "gone-uid")).unwrap();
+    let node_key = cache.key(&node(&cloud, VAULT, NodeId::System)).unwrap();
+    let expired = cache
+        .key(&node(&cloud, "https://other", NodeId::System))
+        .unwrap();
+    for k in [&live, &gone, &node_key] {
+        cache.put(k, &token("t", 3600)).unwrap();
+    }
+    cache.put(&expired, &token("t", -5)).unwrap();
+    assert_eq!(
+        root.state.sweep().tokens,
+        1,
+        "only the expired one while both pods exist"
+    );
+    std::fs::remove_dir(pods.join("gone-uid")).unwrap();
+    assert_eq!(root.state.sweep().tokens, 1);
+    assert!(cache.get(&live, Duration::ZERO).is_some());
+    assert!(cache.get(&node_key, Duration::ZERO).is_some());
+    assert!(cache.get(&gone, Duration::ZERO).is_none());
+}
+
 // ---- across processes -------------------------------------------------------------------
 
 const ROLE: &str = "KV_NODESTATE_CHILD_ROLE";
@@ -818,7 +885,8 @@ fn throttle_keeps_the_later_time_caps_it_and_ignores_bad_records() {
     assert!(throttle.wait_time("a.example").is_none());
     std::os::unix::fs::chown(file_of("b.example"), Some(4242), None).unwrap();
     assert!(throttle.wait_time("b.example").is_none());
-    assert_eq!(names_in(&dir), [".lock"]);
+    // The bad records are gone, and the lock file went with its holder.
+    assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
 }
 
 #[test]
@@ -863,5 +931,60 @@ fn summary_lists_entries_and_throttles_without_token_values() {
     assert!(
         !text.contains("SECRET") && !text.contains("the-credential"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_namespace_holding_its_share_leaves_the_rest_to_the_others() {
+    let root = Root::new("fair");
+    let rt = runtime();
+    let take = |owner: &str, n: usize, wait: Duration| {
+        rt.block_on(
+            root.state
+                .acquire_fair("vault-a", n, Some(owner), Instant::now() + wait),
+        )
+    };
+    let far = Duration::from_secs(10);
+    let soon = Duration::from_millis(100);
+    // 4 slots, a share of 1: alone, one namespace takes 3 and one stays for the others...
+    let hostile: Vec<_> = (0..3).map(|_| take("hostile", 4, far).unwrap()).collect();
+    assert_eq!(take("hostile", 4, soon).unwrap_err().code(), Code::Timeout);
+    // ... which another namespace gets at once.
+    let victim = take("victim", 4, soon).unwrap();
+    assert_eq!(take("third", 4, soon).unwrap_err().code(), Code::Timeout);
+    drop(hostile);
+    drop(victim);
+    // 2 slots: one each.
+    let hostile = take("hostile", 2, far).unwrap();
+    assert_eq!(take("hostile", 2, soon).unwrap_err().code(), Code::Timeout);
+    let victim = take("victim", 2, soon).unwrap();
+    assert_ne!(hostile.index(), victim.index());
+    // Without an owner it is a plain semaphore; files: the slots held, only while held (the
+    // set's lock is gone with its holder).
+    drop((hostile, victim));
+    let all: Vec<_> = (0..4)
+        .map(|_| {
+            root.state
+                .acquire("vault-a", 4, Instant::now() + far)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(all.len(), 4);
+    let mut names = names_in(&root.path("slots"));
+    names.sort();
+    assert_eq!(names, ["vault-a.0", "vault-a.1", "vault-a.2", "vault-a.3",]);
+    drop(all);
+    assert!(names_in(&root.path("slots")).is_empty());
+}
+
+#[test]
+fn vault_hosts_map_onto_a_fixed_set_of_slot_sets() {
+    let sets: std::collections::BTreeSet<String> = (0..1000)
+        .map(|i| slots::vault_set(&format!("vault{i}.vault.azure.net")))
+        .collect();
+    assert_eq!(sets.len(), slots::VAULT_BUCKETS);
+    assert_eq!(
+        slots::vault_set("KV.vault.azure.net"),
+        slots::vault_set("kv.vault.azure.net")
     );
 }

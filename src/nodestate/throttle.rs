@@ -1,7 +1,10 @@
-//! "Host H answered 429 until T", shared by every kv process on the node, so after one
-//! throttled answer the others wait instead of adding to the storm.
+//! "Whoever answered 429 asked to be left alone until T", shared by every kv process on the
+//! node, so after one throttled answer the others wait instead of adding to the storm.
 //!
-//! One file per host, `<root>/throttle/<sha256(host)>`, holding the host and the Unix
+//! A record is keyed by whom the service throttles: a host where the limit is the host's
+//! (IMDS's per-VM limit, one vault), `<authority host>/<tenant>/<client id>` for AAD, which
+//! throttles per application and tenant (one tenant's throttled app must not stop another's
+//! mounts). One file per key, `<root>/throttle/<sha256(key)>`, holding the key and the Unix
 //! millisecond until which to wait. Updates (keep the later time, drop expired entries) run
 //! under `throttle/.lock` so concurrent 429s cannot shorten a wait; readers need no lock because
 //! files are replaced atomically.
@@ -25,12 +28,14 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 const LOCK: &str = ".lock";
 
 /// The node's throttle records.
+#[derive(Debug)]
 pub struct Throttle {
     dir: OwnedFd,
 }
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct Record<'a> {
+    /// The key (named `host` since the first format, when every key was a host).
     #[serde(borrow)]
     pub(super) host: Cow<'a, str>,
     pub(super) until_ms: u64,
@@ -46,10 +51,11 @@ impl NodeState {
 }
 
 impl Throttle {
-    /// Remembers that `host` (e.g. `myvault.vault.azure.net`, case-insensitive) asked to be left
-    /// alone for `retry_after` (capped at [`MAX_WAIT`]); an existing later time is kept.
-    pub fn record(&self, host: &str, retry_after: Duration) -> Result<()> {
-        let host = host.to_ascii_lowercase();
+    /// Remembers that the service asked `key` (e.g. `myvault.vault.azure.net`, or
+    /// `login.microsoftonline.com/<tenant>/<client id>`; case-insensitive) to leave it alone for
+    /// `retry_after` (capped at [`MAX_WAIT`]); an existing later time is kept.
+    pub fn record(&self, key: &str, retry_after: Duration) -> Result<()> {
+        let key = key.to_ascii_lowercase();
         let until_ms = now_ms().saturating_add(millis(retry_after.min(MAX_WAIT)));
         // Serialise updates; if a holder is stuck, write anyway rather than drop the record.
         let _lock = flock::wait(Instant::now() + Duration::from_secs(1), || {
@@ -57,11 +63,11 @@ impl Throttle {
         })
         .ok()
         .flatten();
-        let name = file_name(&host);
-        let until_ms = until_ms.max(self.until_ms(&host).unwrap_or(0));
+        let name = file_name(&key);
+        let until_ms = until_ms.max(self.until_ms(&key).unwrap_or(0));
         self.prune(&name);
         let record = Record {
-            host: Cow::Borrowed(&host),
+            host: Cow::Borrowed(&key),
             until_ms,
         };
         serde_json::to_vec(&record)
@@ -70,24 +76,24 @@ impl Throttle {
             .map_err(|e| {
                 Error::new(
                     Code::Internal,
-                    format!("cannot record the throttle of {host}: {e}"),
+                    format!("cannot record the throttle of {key}: {e}"),
                 )
             })
     }
 
-    /// How long to wait before asking `host` again, if it is throttling us.
-    pub fn wait_time(&self, host: &str) -> Option<Duration> {
-        let until_ms = self.until_ms(&host.to_ascii_lowercase())?;
+    /// How long to wait before asking again for `key`, if the service is throttling it.
+    pub fn wait_time(&self, key: &str) -> Option<Duration> {
+        let until_ms = self.until_ms(&key.to_ascii_lowercase())?;
         let left = until_ms.checked_sub(now_ms()).filter(|&ms| ms > 0)?;
         Some(Duration::from_millis(left).min(MAX_WAIT))
     }
 
-    /// The stored time for `host` (lower case), if its record is intact and really for it.
-    fn until_ms(&self, host: &str) -> Option<u64> {
-        let name = file_name(host);
+    /// The stored time for `key` (lower case), if its record is intact and really for it.
+    fn until_ms(&self, key: &str) -> Option<u64> {
+        let name = file_name(key);
         let bytes = private::read(&self.dir, &name)?;
         match serde_json::from_slice::<Record<'_>>(&bytes) {
-            Ok(r) if r.host == host => Some(r.until_ms),
+            Ok(r) if r.host == key => Some(r.until_ms),
             _ => {
                 private::remove(&self.dir, &name);
                 None
@@ -95,7 +101,7 @@ impl Throttle {
         }
     }
 
-    /// Drops expired records of other hosts (called under the lock, so no fresh record is lost).
+    /// Drops expired records of other keys (called under the lock, so no fresh record is lost).
     fn prune(&self, keep: &str) {
         let now = now_ms();
         for name in private::names(&self.dir) {
@@ -116,9 +122,9 @@ impl Throttle {
     }
 }
 
-/// The record's file name: no host names in the directory listing, and no path tricks.
-fn file_name(host: &str) -> String {
-    hex::encode(Sha256::digest(host.as_bytes()))
+/// The record's file name: no host names or client ids in the listing, and no path tricks.
+fn file_name(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -89,7 +89,13 @@ pub enum TokenFile {
         path: TokenPath,
     },
     /// A file an operator named (`kv fetch --token-file`).
-    File(PathBuf),
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The operator named the namespace and service account the token must be bound to
+        /// (`--namespace`, `--service-account`): only then may the node's token cache answer.
+        bound: bool,
+    },
 }
 
 impl TokenFile {
@@ -126,7 +132,7 @@ impl TokenFile {
             TokenFile::Projected { path, .. } => {
                 format!("projected volume `{}` file `{}`", path.volume, path.file)
             }
-            TokenFile::File(p) => format!("token file {}", p.display()),
+            TokenFile::File { path, .. } => format!("token file {}", path.display()),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use identity::{
     TOKEN_EXCHANGE_AUDIENCE,
 };
 pub use objects::{
-    check_unique_files, ObjectSpec, MAX_JSON_FIELDS, MAX_OBJECTS, MAX_VERSION_HISTORY,
+    check_unique_files, ObjectSpec, MAX_JSON_FIELDS, MAX_OBJECTS, MAX_VAULTS, MAX_VERSION_HISTORY,
 };
 pub use select::{NamePattern, Selection, MAX_PATTERN_BYTES, PATTERN_SIZE_LIMIT};
 pub use values::{

@@ -26,6 +26,9 @@ pub const MAX_OBJECTS: usize = 1000;
 pub const MAX_VERSION_HISTORY: u32 = 50;
 /// The most `jsonFields` one entry may have.
 pub const MAX_JSON_FIELDS: usize = 256;
+/// The most distinct vaults one volume may name: each is a connection, a TLS handshake and a
+/// turn at the node's request slots, and a pod must not make kv reach hundreds of hosts.
+pub const MAX_VAULTS: usize = 16;
 
 /// One Key Vault object to fetch and the file(s) it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,7 +383,26 @@ pub(super) fn parse(raw: &RawOptions) -> Result<(Vec<ObjectSpec>, Vec<Selection>
         }
     }
     check_unique_files(&objects)?;
+    check_vault_count(&objects, &selections)?;
     Ok((objects, selections))
+}
+
+/// At most [`MAX_VAULTS`] vaults, named or listed by a selection (names compared as Key Vault
+/// does, case-insensitively).
+fn check_vault_count(objects: &[ObjectSpec], selections: &[Selection]) -> Result<()> {
+    let vaults: std::collections::BTreeSet<String> = objects
+        .iter()
+        .map(|o| &o.vault)
+        .chain(selections.iter().map(|s| &s.template.vault))
+        .map(|v| v.to_ascii_lowercase())
+        .collect();
+    if vaults.len() > MAX_VAULTS {
+        return Err(Error::options(format!(
+            "the objects name {} vaults; one volume may name at most {MAX_VAULTS}: spread the objects over more volumes",
+            vaults.len()
+        )));
+    }
+    Ok(())
 }
 
 fn too_many(count: usize) -> Result<()> {

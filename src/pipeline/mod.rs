@@ -97,15 +97,21 @@ pub fn fetch_on(
     deadline: Deadline,
     node: crate::auth::Node,
 ) -> Result<FetchedVolume> {
+    let node = crate::auth::Node {
+        owner: spec.pod.namespace.clone(),
+        any_node_identity: spec
+            .pod
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| config.allows_any_node_identity(ns)),
+        ..node
+    };
     block_on(async {
-        let http = crate::http::client()?;
-        let provider = Provider::on_node(
-            token_source(spec, cloud, config)?,
-            http.clone(),
-            deadline,
-            node,
-        );
-        // Start the token at once: it overlaps the vault's 401 challenge.
+        let tls = crate::http::tls_config()?;
+        let http = crate::http::client_with(tls.clone(), None)?;
+        let provider = Provider::on_node(token_source(spec, cloud, config)?, http, deadline, node);
+        // Start the token at once: from the node's cache it is at hand before any object
+        // request is set up; else it overlaps the vault's 401 challenge.
         let prefetch = {
             let provider = provider.clone();
             let resource = cloud.vault_resource.clone();
@@ -116,7 +122,7 @@ pub fn fetch_on(
         // Let the token request go out before the object requests are set up.
         tokio::task::yield_now().await;
         let fetcher = Fetcher {
-            http,
+            tls,
             provider,
             cloud: cloud.clone(),
             deadline,
@@ -181,7 +187,9 @@ pub fn layout(spec: &VolumeSpec, fetched: FetchedVolume, config: &NodeConfig) ->
     let rotating = rotation(spec, config)?.is_some();
     // A rotating volume holds two versions during a switch (and its links): sized for both.
     let (needed, versions) = if rotating {
-        (crate::volume::versioned::needed(&files)?.bytes, 2)
+        let one = crate::volume::versioned::needed(&files)?.bytes;
+        config.rotation().check_size(one)?;
+        (one, 2)
     } else {
         (volume::needed_bytes(&files), 1)
     };

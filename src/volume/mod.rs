@@ -7,13 +7,22 @@
 //! dies at any point before that, the descriptor closes and the kernel frees the tmpfs: there is
 //! no staging mount or temp file to clean up, and no secret byte ever touches a disk. Older
 //! kernels fall back to mounting at `<dir>` directly and unmounting on any error.
+//!
+//! A rotating volume gets a second mount of the same tmpfs, the agent's, in the node state
+//! ([`crate::nodestate::AgentMountPoint`]): the agent writes new versions there and never
+//! through kubelet's directory, and a read-only volume is read-only per mount for the pod
+//! (`mount_setattr` before it is attached) while its superblock stays writable.
 
+mod mount_attr;
 pub mod versioned;
 
 use crate::error::{Code, Error, Result};
+use crate::nodestate::{AgentMountPoint, MountTable};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -127,27 +136,7 @@ pub fn pod_uid(dir: &Path) -> Option<String> {
 
 /// Whether `dir` is exactly a mount point, from this process's mount table.
 pub fn is_mount_point(dir: &Path) -> Result<bool> {
-    Ok(top_mount(dir)?.is_some())
-}
-
-/// The mountinfo line of the topmost mount at `dir` (the last one listed: what a process
-/// opening `dir` sees), if `dir` is a mount point.
-fn top_mount(dir: &Path) -> Result<Option<Vec<u8>>> {
-    let table = std::fs::read("/proc/self/mountinfo").map_err(|e| {
-        Error::new(
-            Code::Mount,
-            format!("cannot read /proc/self/mountinfo: {e}"),
-        )
-    })?;
-    let want = dir.as_os_str().as_bytes();
-    Ok(table
-        .split(|b| *b == b'\n')
-        .rfind(|line| {
-            line.split(|b| *b == b' ')
-                .nth(4)
-                .is_some_and(|mp| unescape_mountinfo(mp) == want)
-        })
-        .map(<[u8]>::to_vec))
+    Ok(MountTable::read()?.top(dir).is_some())
 }
 
 /// Whether `dir` already holds kv's volume: `Ok(false)` when it is not a mount point,
@@ -155,19 +144,10 @@ fn top_mount(dir: &Path) -> Result<Option<Vec<u8>>> {
 /// Failure for anything else mounted there: kv must not report someone else's filesystem (a
 /// host path, another driver's volume) as the pod's secrets.
 pub fn already_mounted(dir: &Path) -> Result<bool> {
-    let Some(top) = top_mount(dir)? else {
+    let Some(top) = MountTable::read()?.top(dir) else {
         return Ok(false);
     };
-    let fields: Vec<&[u8]> = top.split(|b| *b == b' ').collect();
-    let after_separator = fields
-        .iter()
-        .position(|f| *f == b"-")
-        .map(|i| &fields[i + 1..]);
-    let (fstype, source) = match after_separator {
-        Some([fstype, source, ..]) => (unescape_mountinfo(fstype), unescape_mountinfo(source)),
-        _ => (Vec::new(), Vec::new()),
-    };
-    if fstype == b"tmpfs" && source == b"kv" {
+    if top.is_kv() {
         return Ok(true);
     }
     Err(Error::new(
@@ -175,115 +155,10 @@ pub fn already_mounted(dir: &Path) -> Result<bool> {
         format!(
             "{} is already a mount point of something else ({} from {}), not kv's tmpfs: unmount it (or delete and recreate the pod) and retry",
             dir.display(),
-            crate::error::printable(&String::from_utf8_lossy(&fstype)),
-            crate::error::printable(&String::from_utf8_lossy(&source)),
+            crate::error::printable(&top.fstype),
+            crate::error::printable(&top.source),
         ),
     ))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 3 < s.len()
-            && s[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Where the per-directory locks live: outside kubelet's tree (kubelet treats every entry
-/// under `volumes/azure~kv/` as a volume), on /run (a tmpfs: gone at reboot, like the mounts).
-const LOCK_DIR: &str = "/run/kv/locks";
-
-/// Holds the per-directory lock until dropped: two calls for one `<dir>` serialize.
-///
-/// Lifetime of a lock file: created by the first call for `<dir>`, it stays while `<dir>` is a
-/// mount point (the volume exists) and is removed by whichever call leaves `<dir>` unmounted
-/// (the unmount, or a mount that failed), while that call still holds the lock. A call that
-/// opened the file before it was removed notices after `flock` (the path no longer leads to the
-/// inode it locked) and opens the new file: removal never lets two calls in at once.
-pub struct DirLock {
-    #[allow(dead_code)] // held for its flock
-    fd: OwnedFd,
-    path: PathBuf,
-    dir: PathBuf,
-}
-
-/// `<LOCK_DIR>/<sha256 of the path>.lock`: stable across releases and processes (std's hasher
-/// is not), fixed length whatever the path.
-pub fn lock_path(dir: &Path) -> PathBuf {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_bytes());
-    Path::new(LOCK_DIR).join(format!("{}.lock", hex::encode(digest)))
-}
-
-/// Takes the lock for `dir`.
-pub fn lock(dir: &Path) -> Result<DirLock> {
-    let locks = Path::new(LOCK_DIR);
-    std::fs::create_dir_all(locks).map_err(|e| {
-        Error::new(
-            Code::Mount,
-            format!("cannot create {}: {e}", locks.display()),
-        )
-    })?;
-    let path = lock_path(dir);
-    let err = |what: &str, e: rustix::io::Errno| {
-        Error::new(
-            Code::Mount,
-            format!("cannot {what} lock {}: {e}", path.display()),
-        )
-    };
-    // Each round loses only to a holder that removed the file; a few suffice.
-    for _ in 0..64 {
-        let fd = rustix::fs::open(
-            &path,
-            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| err("open", e))?;
-        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| err("take", e))?;
-        let held = rustix::fs::fstat(&fd).map_err(|e| err("inspect", e))?;
-        match rustix::fs::stat(&path) {
-            Ok(now) if now.st_ino == held.st_ino && now.st_dev == held.st_dev => {
-                return Ok(DirLock {
-                    fd,
-                    path,
-                    dir: dir.to_path_buf(),
-                })
-            }
-            // Removed (or replaced) by the previous holder: this inode guards nothing.
-            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(err("inspect", e)),
-        }
-    }
-    Err(Error::new(
-        Code::Mount,
-        format!(
-            "cannot take lock {}: it keeps being replaced",
-            path.display()
-        ),
-    ))
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        // No volume at <dir> any more: the lock guards nothing; remove it while still held.
-        if !is_mount_point(&self.dir).unwrap_or(true) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-        // `self.fd` closes after this, releasing the lock.
-    }
 }
 
 /// Makes sure `<dir>` exists (kubelet creates it with 0750 before calling; a manual call may not).
@@ -312,16 +187,23 @@ fn mount_err(step: &str, e: rustix::io::Errno) -> Error {
     Error::new(Code::Mount, format!("{step}: {e}"))
 }
 
-/// Builds the tmpfs and attaches it at `dir`.
-pub fn mount(dir: &Path, layout: &Layout) -> Result<()> {
+/// Builds the tmpfs and attaches it at `dir`; a rotating volume also at `agent` (the agent's
+/// own mount, always writable). On an error nothing is left at `dir` (the caller removes the
+/// agent's mount).
+pub fn mount(dir: &Path, layout: &Layout, agent: Option<&AgentMountPoint>) -> Result<()> {
     match rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC) {
-        Ok(fs) => mount_detached(fs, dir, layout),
+        Ok(fs) => mount_detached(fs, dir, layout, agent),
         Err(rustix::io::Errno::NOSYS) => mount_in_place(dir, layout),
         Err(e) => Err(mount_err("cannot create a tmpfs (fsopen)", e)),
     }
 }
 
-fn mount_detached(fs: OwnedFd, dir: &Path, layout: &Layout) -> Result<()> {
+fn mount_detached(
+    fs: OwnedFd,
+    dir: &Path,
+    layout: &Layout,
+    agent: Option<&AgentMountPoint>,
+) -> Result<()> {
     let set = |k: &str, v: &str| {
         rustix::mount::fsconfig_set_string(&fs, k, v)
             .map_err(|e| mount_err(&format!("tmpfs option {k}={v}"), e))
@@ -342,17 +224,40 @@ fn mount_detached(fs: OwnedFd, dir: &Path, layout: &Layout) -> Result<()> {
     )
     .map_err(|e| mount_err("cannot create the tmpfs mount", e))?;
     write_files(&mnt, layout)?;
+    let pod = match agent {
+        None => mnt,
+        Some(point) => {
+            // The agent's mount first, in the root-only state dir; the pod's is a clone of it
+            // (a detached mount can be cloned only once attached, on kernels before 6.15).
+            rustix::mount::move_mount(
+                &mnt,
+                "",
+                &point.parent,
+                point.name.as_str(),
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+            .map_err(|e| {
+                mount_err(
+                    &format!("cannot attach the tmpfs at {}", point.path.display()),
+                    e,
+                )
+            })?;
+            rustix::mount::open_tree(
+                &point.parent,
+                point.name.as_str(),
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| mount_err("cannot clone the tmpfs mount for the pod", e))?
+        }
+    };
     if layout.read_only {
-        // After fsmount the fs descriptor reconfigures the superblock: read-only before it is
-        // attached, so no container of the pod ever sees it writable. (A per-mount
-        // MOUNT_ATTR_RDONLY would need mount_setattr, which rustix does not wrap; this tmpfs
-        // has one mount, so the superblock flag means the same to the pod.)
-        rustix::mount::fsconfig_set_flag(&fs, "ro")
-            .and_then(|()| rustix::mount::fsconfig_reconfigure(&fs))
-            .map_err(|e| mount_err("cannot make the tmpfs read-only", e))?;
+        // Read-only for this mount only, before anyone can see it: every copy kubelet or mount
+        // propagation makes of it is read-only too, and the agent's mount stays writable.
+        mount_attr::set_read_only(pod.as_fd())
+            .map_err(|e| mount_err("cannot make the pod's mount read-only", e))?;
     }
     rustix::mount::move_mount(
-        &mnt,
+        &pod,
         "",
         rustix::fs::CWD,
         dir,
@@ -438,35 +343,35 @@ fn write_files(root: &OwnedFd, layout: &Layout) -> Result<()> {
         )
         .map_err(|e| mount_err("cannot open the new tmpfs", e))?;
         // The tmpfs size limit is the budget: it was sized for two versions.
-        return write_initial(dir.as_fd(), &layout.files, perms, Budget::unlimited());
+        return write_initial(dir.as_fd(), &layout.files, perms, Budget::unlimited()).map(|_| ());
     }
-    let mut made_dirs = std::collections::BTreeSet::new();
+    let perms = versioned::Perms {
+        dir_mode: layout.dir_mode,
+        gid: layout.gid,
+    };
+    let mut made_dirs: std::collections::BTreeMap<String, OwnedFd> = Default::default();
     for f in &layout.files {
-        if let Some((sub, _)) = f.path.split_once('/') {
-            if made_dirs.insert(sub.to_string()) {
-                rustix::fs::mkdirat(root, sub, Mode::empty()).map_err(|e| {
-                    mount_err(&format!("cannot create directory {sub} in the volume"), e)
-                })?;
-                rustix::fs::chownat(
-                    root,
-                    sub,
-                    None,
-                    layout.gid.map(rustix::fs::Gid::from_raw),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        let (parent, name) = match f.path.split_once('/') {
+            Some((sub, name)) => {
+                if !made_dirs.contains_key(sub) {
+                    let fd = versioned::make_dir(root.as_fd(), sub, perms).map_err(|e| {
+                        mount_err(&format!("cannot create directory {sub} in the volume"), e)
+                    })?;
+                    made_dirs.insert(sub.to_string(), fd);
+                }
+                (
+                    made_dirs
+                        .get(sub)
+                        .map(|fd| fd.as_fd())
+                        .unwrap_or(root.as_fd()),
+                    name,
                 )
-                .map_err(|e| mount_err(&format!("cannot chown directory {sub}"), e))?;
-                rustix::fs::chmodat(
-                    root,
-                    sub,
-                    Mode::from_raw_mode(layout.dir_mode),
-                    rustix::fs::AtFlags::empty(),
-                )
-                .map_err(|e| mount_err(&format!("cannot chmod directory {sub}"), e))?;
             }
-        }
+            None => (root.as_fd(), f.path.as_str()),
+        };
         let fd = rustix::fs::openat(
-            root,
-            f.path.as_str(),
+            parent,
+            name,
             OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -591,22 +496,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn lock_names_are_the_sha256_of_the_path() {
-        assert_eq!(
-            lock_path(Path::new("/a")),
-            Path::new(
-                "/run/kv/locks/6a50dc8584134c7de537c0052ff6d236bf874355e050c90523e0c5ff2a543a28.lock"
-            )
-        );
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(br"/a\040b\134c"), b"/a b\\c".to_vec());
-        assert_eq!(unescape_mountinfo(br"/x\04"), br"/x\04".to_vec());
     }
 
     #[test]

@@ -16,13 +16,18 @@
 //! the rename may still be opening files in it). A process killed at any point leaves `..data` naming a complete version (old or
 //! new); [`recover`], run before every switch, removes the leftovers and completes the links.
 //!
-//! Everything is relative to one directory descriptor (the tmpfs root), never a path, and no
-//! link is followed: a volume's tree cannot be redirected elsewhere on the host.
+//! Everything is relative to directory descriptors opened with `O_NOFOLLOW` (the tmpfs root,
+//! then each directory below it), never a path: no write follows a link, so a tree the pod
+//! rearranges cannot redirect kv elsewhere on the host. Nothing here reads a file's content or
+//! opens anything but a directory: what a switch wrote is remembered as a [`Written`] digest and
+//! stamp, and a tree the pod touched ([`is_intact`]) simply gets a fresh version.
 
 use super::VolumeFile;
 use crate::error::{Code, Error, Result};
+use crate::nodestate::Written;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The link naming the current version directory.
@@ -167,7 +172,7 @@ pub fn write_initial(
     files: &[VolumeFile],
     perms: Perms,
     budget: Budget,
-) -> Result<()> {
+) -> Result<Written> {
     let entries = rustix::fs::Dir::read_from(root).map_err(|e| err("cannot list the volume", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| err("cannot list the volume", e))?;
@@ -179,15 +184,15 @@ pub fn write_initial(
             ));
         }
     }
-    switch(root, files, perms, budget).map(|_| ())
+    switch(root, files, perms, budget).map(|s| s.written)
 }
 
 /// What [`switch`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Switched {
-    /// The new version directory.
-    pub version: String,
-    /// The version directory it replaced, now removed.
+    /// What is in the volume now.
+    pub written: Written,
+    /// The version directory it replaced (removed later, [`remove_version`]).
     pub replaced: Option<String>,
 }
 
@@ -212,10 +217,15 @@ pub fn switch(
     }
     let old = current(root)?;
     let version = create_version_dir(root)?;
-    if let Err(e) = fill_version(root, &version, files, &tree, perms) {
-        let _ = remove_tree(root, &version);
-        return Err(e);
-    }
+    let stamp =
+        fill_version(root, &version, files, &tree, perms).and_then(|()| stamp(root, &version));
+    let stamp = match stamp {
+        Ok(stamp) => stamp,
+        Err(e) => {
+            let _ = remove_tree(root, &version);
+            return Err(e);
+        }
+    };
     // The one atomic step: `..data` names the old version before, the new one after.
     let _ = rustix::fs::unlinkat(root, DATA_TMP, AtFlags::empty());
     rustix::fs::symlinkat(version.as_str(), root, DATA_TMP)
@@ -228,7 +238,11 @@ pub fn switch(
     // From here the new version is what readers get; the rest is tidying that recover() redoes.
     sync_links(root, &tree.top, perms.gid)?;
     Ok(Switched {
-        version,
+        written: Written {
+            version,
+            digest: digest(files, perms),
+            stamp,
+        },
         replaced: old,
     })
 }
@@ -237,7 +251,7 @@ pub fn switch(
 ///
 /// Not part of [`switch`]: a reader that resolved `..data` just before the rename is still
 /// opening files in the old directory, so the caller removes it after a grace period
-/// ([`crate::agent::pass`] waits [`crate::agent::pass::OLD_VERSION_GRACE`] once per pass);
+/// (the agent waits [`crate::agent::scheduler::OLD_VERSION_GRACE`]);
 /// [`recover`] removes any that are left.
 pub fn remove_version(root: BorrowedFd<'_>, name: &str) -> Result<()> {
     if !is_version_name(name) || current(root)?.as_deref() == Some(name) {
@@ -331,66 +345,87 @@ pub fn recover(root: BorrowedFd<'_>) -> Result<Recovered> {
     Ok(report)
 }
 
-/// Every regular file of the current version: `(path, bytes, mode)`, for deciding whether a
-/// fetch changed anything.
-pub fn read_current(root: BorrowedFd<'_>) -> Result<BTreeMap<String, (Vec<u8>, u32)>> {
-    let mut out = BTreeMap::new();
-    let Some(live) = current(root)? else {
-        return Ok(out);
-    };
-    let dir = open_dir_at(root, &live).map_err(|e| err("cannot open the current version", e))?;
-    read_tree(dir.as_fd(), "", &mut out)?;
-    Ok(out)
+/// SHA-256 (hex) of a version as kv writes it: the directory mode and group, and every file's
+/// path, mode and bytes. Equal digests mean equal volumes.
+pub fn digest(files: &[VolumeFile], perms: Perms) -> String {
+    let mut h = Sha256::new();
+    h.update(perms.dir_mode.to_le_bytes());
+    h.update(perms.gid.map_or(u64::MAX, u64::from).to_le_bytes());
+    let mut sorted: Vec<&VolumeFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for f in sorted {
+        for part in [f.path.as_bytes(), &f.bytes[..]] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update((f.mode & 0o7777).to_le_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
-fn read_tree(
-    dir: BorrowedFd<'_>,
-    prefix: &str,
-    out: &mut BTreeMap<String, (Vec<u8>, u32)>,
-) -> Result<()> {
-    for (name, is_dir) in list(dir)? {
+/// SHA-256 (hex) of the metadata of the version tree `version` (see [`Written::stamp`]), from
+/// `fstatat` without following links and directory listings only: no file is opened, so
+/// nothing the pod planted (a FIFO, a device, a huge file, a link) is read or waited on.
+pub fn stamp(root: BorrowedFd<'_>, version: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    let st = rustix::fs::statat(root, version, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| err("cannot inspect the version", e))?;
+    stamp_entry(&mut h, "", &st);
+    let dir = open_dir_at(root, version).map_err(|e| err("cannot open the version", e))?;
+    stamp_tree(&mut h, dir.as_fd(), "", 0)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Deeper than any tree kv writes (`name/<n>`): a deeper one is not kv's.
+const MAX_DEPTH: usize = 8;
+
+fn stamp_tree(h: &mut Sha256, dir: BorrowedFd<'_>, prefix: &str, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::new(
+            Code::Mount,
+            "the version tree is deeper than kv writes",
+        ));
+    }
+    let mut entries = list(dir)?;
+    entries.sort();
+    for (name, is_dir) in entries {
         let path = format!("{prefix}{name}");
+        let st = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| err(&format!("cannot inspect {path}"), e))?;
+        stamp_entry(h, &path, &st);
         if is_dir {
             let sub =
                 open_dir_at(dir, &name).map_err(|e| err(&format!("cannot open {path}"), e))?;
-            read_tree(sub.as_fd(), &format!("{path}/"), out)?;
-            continue;
+            stamp_tree(h, sub.as_fd(), &format!("{path}/"), depth + 1)?;
         }
-        let fd = rustix::fs::openat(
-            dir,
-            name.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| err(&format!("cannot open {path}"), e))?;
-        let mode = rustix::fs::fstat(&fd)
-            .map_err(|e| err(&format!("cannot inspect {path}"), e))?
-            .st_mode
-            & 0o7777;
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match rustix::io::read(&fd, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(err(&format!("cannot read {path}"), e)),
-            }
-        }
-        out.insert(path, (bytes, mode));
     }
     Ok(())
 }
 
-/// Whether the current version holds exactly `files` (paths, bytes and modes).
-pub fn matches(root: BorrowedFd<'_>, files: &[VolumeFile]) -> Result<bool> {
-    let on_disk = read_current(root)?;
-    Ok(on_disk.len() == files.len()
-        && files.iter().all(|f| {
-            on_disk
-                .get(&f.path)
-                .is_some_and(|(bytes, mode)| bytes[..] == f.bytes[..] && *mode == f.mode & 0o7777)
-        }))
+fn stamp_entry(h: &mut Sha256, path: &str, st: &rustix::fs::Stat) {
+    h.update((path.len() as u64).to_le_bytes());
+    h.update(path.as_bytes());
+    // The change time moves on every write, chmod, chown, link or rename, and cannot be set.
+    #[allow(clippy::unnecessary_cast)]
+    for v in [
+        st.st_ino as u64,
+        st.st_mode as u64,
+        st.st_uid as u64,
+        st.st_gid as u64,
+        st.st_nlink as u64,
+        st.st_size as u64,
+        st.st_ctime as u64,
+        st.st_ctime_nsec as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+}
+
+/// Whether the volume still holds exactly what kv wrote (`written`): `..data` names its version
+/// and the version tree's metadata is unchanged. `false` when anyone touched it.
+pub fn is_intact(root: BorrowedFd<'_>, written: &Written) -> bool {
+    matches!(current(root), Ok(Some(v)) if v == written.version)
+        && stamp(root, &written.version).is_ok_and(|s| s == written.stamp)
 }
 
 /// Creates `..<UTC timestamp>.<nanoseconds>` with no permission bits (nobody but root can look
@@ -423,7 +458,8 @@ fn create_version_dir(root: BorrowedFd<'_>) -> Result<String> {
 
 /// Writes every file into the version directory `version`, subdirectories first; files are
 /// created with no permission bits and get their group and mode once written; the version
-/// directory itself is opened up last.
+/// directory itself is opened up last. Every directory is reached through a descriptor opened
+/// without following links, and every mode and owner is set on a descriptor, never by name.
 fn fill_version(
     root: BorrowedFd<'_>,
     version: &str,
@@ -434,23 +470,17 @@ fn fill_version(
     let vdir = open_dir_at(root, version).map_err(|e| err("cannot open the new version", e))?;
     let gid = perms.gid.map(rustix::fs::Gid::from_raw);
     let mut dirs: BTreeMap<&str, OwnedFd> = BTreeMap::new();
+    // Parents come before their children in the set's order.
     for d in &tree.dirs {
-        rustix::fs::mkdirat(&vdir, d.as_str(), Mode::empty())
-            .and_then(|()| {
-                rustix::fs::chownat(&vdir, d.as_str(), None, gid, AtFlags::SYMLINK_NOFOLLOW)
-            })
-            .and_then(|()| {
-                rustix::fs::chmodat(
-                    &vdir,
-                    d.as_str(),
-                    Mode::from_raw_mode(perms.dir_mode),
-                    AtFlags::empty(),
-                )
-            })
+        let (parent, name) = match d.rsplit_once('/') {
+            Some((p, n)) => match dirs.get(p) {
+                Some(fd) => (fd.as_fd(), n),
+                None => return Err(Error::new(Code::Internal, format!("no parent for {d}"))),
+            },
+            None => (vdir.as_fd(), d.as_str()),
+        };
+        let fd = make_dir(parent, name, perms)
             .map_err(|e| err(&format!("cannot create directory {d} in the volume"), e))?;
-    }
-    for d in &tree.dirs {
-        let fd = open_dir_at(vdir.as_fd(), d).map_err(|e| err(&format!("cannot open {d}"), e))?;
         dirs.insert(d.as_str(), fd);
     }
     for f in files {
@@ -478,6 +508,23 @@ fn fill_version(
     rustix::fs::fchown(&vdir, None, gid).map_err(|e| err("cannot chown the new version", e))?;
     rustix::fs::fchmod(&vdir, Mode::from_raw_mode(perms.dir_mode))
         .map_err(|e| err("cannot chmod the new version", e))
+}
+
+/// Creates the directory `parent/name` with no permission bits, opens it without following a
+/// link (whatever replaced it meanwhile: a link fails here, it is never followed), and gives it
+/// its group and mode through that descriptor.
+pub(super) fn make_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    perms: Perms,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::mkdirat(parent, name, Mode::empty())?;
+    #[cfg(test)]
+    tests::after_mkdir(parent, name);
+    let fd = open_dir_at(parent, name)?;
+    rustix::fs::fchown(&fd, None, perms.gid.map(rustix::fs::Gid::from_raw))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(perms.dir_mode))?;
+    Ok(fd)
 }
 
 /// Makes the top-level links exactly `..data/<name>` for each of `top`: adds the missing ones,
@@ -535,7 +582,7 @@ fn list(dir: BorrowedFd<'_>) -> Result<Vec<(String, bool)>> {
     let fd = rustix::fs::openat(
         dir,
         ".",
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| err("cannot open a volume directory", e))?;
@@ -565,11 +612,13 @@ fn list(dir: BorrowedFd<'_>) -> Result<Vec<(String, bool)>> {
     Ok(out)
 }
 
-fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
+/// Opens the directory `dir/name`: never through a link, never anything but a directory (so
+/// never blocking on a FIFO).
+pub(super) fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         name,
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
 }

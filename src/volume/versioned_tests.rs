@@ -1,7 +1,67 @@
 use super::*;
 use crate::testutil::{file, TempDir, Tmpfs};
+use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+thread_local! {
+    /// Set by a test: right after `make_dir` creates a directory, it is replaced by a link to
+    /// this path (what a pod racing kv could do).
+    static SWAP_FOR_LINK: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// The test hook `make_dir` calls between `mkdirat` and opening the new directory.
+pub(super) fn after_mkdir(parent: BorrowedFd<'_>, name: &str) {
+    SWAP_FOR_LINK.with(|s| {
+        if let Some(target) = s.borrow().as_ref() {
+            rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).unwrap();
+            rustix::fs::symlinkat(target.as_path(), parent, name).unwrap();
+        }
+    });
+}
+
+/// Every regular file of the current version, read through `..data` (tests only: kv itself
+/// never reads a volume's files).
+fn read_current(root: BorrowedFd<'_>) -> Result<BTreeMap<String, (Vec<u8>, u32)>> {
+    fn walk(dir: BorrowedFd<'_>, prefix: &str, out: &mut BTreeMap<String, (Vec<u8>, u32)>) {
+        for (name, is_dir) in list(dir).unwrap() {
+            let path = format!("{prefix}{name}");
+            if is_dir {
+                let sub = open_dir_at(dir, &name).unwrap();
+                walk(sub.as_fd(), &format!("{path}/"), out);
+                continue;
+            }
+            let fd = rustix::fs::openat(
+                dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .unwrap();
+            let mode = rustix::fs::fstat(&fd).unwrap().st_mode & 0o7777;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes).unwrap();
+            out.insert(path, (bytes, mode));
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Some(live) = current(root)? {
+        let dir = open_dir_at(root, &live).unwrap();
+        walk(dir.as_fd(), "", &mut out);
+    }
+    Ok(out)
+}
+
+/// Whether the current version holds exactly `files` (tests only).
+fn matches(root: BorrowedFd<'_>, files: &[VolumeFile]) -> Result<bool> {
+    let on_disk = read_current(root)?;
+    Ok(on_disk.len() == files.len()
+        && files.iter().all(|f| {
+            on_disk
+                .get(&f.path)
+                .is_some_and(|(bytes, mode)| bytes[..] == f.bytes[..] && *mode == f.mode & 0o7777)
+        }))
+}
 
 const PERMS: Perms = Perms {
     dir_mode: 0o550,
@@ -111,7 +171,7 @@ fn initial_then_switch_replaces_every_file_in_one_step() {
     )
     .unwrap();
     assert_eq!(switched.replaced.as_deref(), Some(v1.as_str()));
-    assert_eq!(read_link(&fs.dir.join(DATA)), switched.version);
+    assert_eq!(read_link(&fs.dir.join(DATA)), switched.written.version);
     assert_eq!(std::fs::read(fs.dir.join("tls.crt")).unwrap(), b"cert-2");
     assert_eq!(std::fs::read(fs.dir.join("web/0")).unwrap(), b"web-2-0");
     assert_eq!(std::fs::read(fs.dir.join("new.txt")).unwrap(), b"new");
@@ -122,11 +182,11 @@ fn initial_then_switch_replaces_every_file_in_one_step() {
     assert!(matches(root.as_fd(), &second).unwrap());
     // The old version stays for the grace period, then goes; the current one cannot be removed.
     assert_eq!(version_dirs(&fs.dir).len(), 2);
-    assert!(remove_version(root.as_fd(), &switched.version).is_err());
+    assert!(remove_version(root.as_fd(), &switched.written.version).is_err());
     remove_version(root.as_fd(), &v1).unwrap();
     assert_eq!(
         version_dirs(&fs.dir),
-        std::slice::from_ref(&switched.version)
+        std::slice::from_ref(&switched.written.version)
     );
     let mut names: Vec<String> = std::fs::read_dir(&fs.dir)
         .unwrap()
@@ -135,7 +195,13 @@ fn initial_then_switch_replaces_every_file_in_one_step() {
     names.sort();
     assert_eq!(
         names,
-        [&switched.version, "..data", "new.txt", "tls.crt", "web"]
+        [
+            &switched.written.version,
+            "..data",
+            "new.txt",
+            "tls.crt",
+            "web"
+        ]
     );
 }
 
@@ -416,4 +482,122 @@ fn killing_a_switch_at_random_points_leaves_old_or_new() {
     }
     assert!(mid_switch > 0, "no kill landed in the middle of a switch");
     assert!(last > 0, "the children switched");
+}
+
+#[test]
+fn the_written_stamp_notices_any_touch_without_opening_a_file() {
+    let fs = Tmpfs::new("layout-stamp", 1 << 20);
+    let root = fs.root();
+    let files = generation(1);
+    let written = write_initial(root.as_fd(), &files, PERMS, Budget::unlimited()).unwrap();
+    assert_eq!(written.digest, digest(&files, PERMS));
+    assert_eq!(written.version, current(root.as_fd()).unwrap().unwrap());
+    assert!(is_intact(root.as_fd(), &written));
+    // Equal volumes have equal digests; any byte, mode, group or path makes another.
+    assert_eq!(digest(&generation(1), PERMS), written.digest);
+    let mut other = generation(1);
+    other[0].mode = 0o444;
+    for d in [
+        digest(&generation(2), PERMS),
+        digest(&other, PERMS),
+        digest(&files, Perms { gid: None, ..PERMS }),
+        digest(&files[1..], PERMS),
+    ] {
+        assert_ne!(d, written.digest);
+    }
+    let data = fs.dir.join(&written.version);
+    use std::os::unix::fs::PermissionsExt;
+    type Touch = Box<dyn Fn(&Path)>;
+    let touches: Vec<(&str, Touch)> = vec![
+        (
+            "chmod",
+            Box::new(|d: &Path| {
+                std::fs::set_permissions(d.join("ca.pem"), std::fs::Permissions::from_mode(0o444))
+                    .unwrap()
+            }),
+        ),
+        (
+            "same-size write",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("tls.key"), content(9, "tls.key", LEN)).unwrap()
+            }),
+        ),
+        (
+            "fifo",
+            Box::new(|d: &Path| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    d.join("x"),
+                    rustix::fs::FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "link",
+            Box::new(|d: &Path| {
+                std::fs::remove_file(d.join("tls.crt")).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", d.join("tls.crt")).unwrap();
+            }),
+        ),
+        (
+            "subdir entry",
+            Box::new(|d: &Path| std::fs::write(d.join("web/junk"), b"x").unwrap()),
+        ),
+    ];
+    for (what, touch) in touches {
+        let written = switch(
+            root.as_fd(),
+            &files,
+            PERMS,
+            Budget::available(root.as_fd()).unwrap(),
+        )
+        .unwrap()
+        .written;
+        assert!(is_intact(root.as_fd(), &written), "{what}: intact before");
+        touch(&fs.dir.join(&written.version));
+        assert!(!is_intact(root.as_fd(), &written), "{what}: not noticed");
+        recover(root.as_fd()).unwrap();
+    }
+    // `..data` pointed elsewhere.
+    let written = switch(root.as_fd(), &files, PERMS, Budget::unlimited())
+        .unwrap()
+        .written;
+    std::fs::remove_file(fs.dir.join(DATA)).unwrap();
+    std::os::unix::fs::symlink("..2020_01_01_00_00_00.000000000", fs.dir.join(DATA)).unwrap();
+    assert!(!is_intact(root.as_fd(), &written));
+    let _ = data;
+}
+
+#[test]
+fn a_link_swapped_in_for_a_new_subdirectory_is_never_followed() {
+    let fs = Tmpfs::new("layout-nofollow", 1 << 20);
+    let root = fs.root();
+    write_initial(root.as_fd(), &generation(1), PERMS, Budget::unlimited()).unwrap();
+    // A directory elsewhere on the host, as a pod would aim at it.
+    let outside = TempDir::new("layout-nofollow-target");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&outside.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let before = std::fs::metadata(&outside.0).unwrap();
+    SWAP_FOR_LINK.with(|s| *s.borrow_mut() = Some(outside.0.clone()));
+    let result = switch(root.as_fd(), &generation(2), PERMS, Budget::unlimited());
+    SWAP_FOR_LINK.with(|s| *s.borrow_mut() = None);
+    assert!(result.is_err(), "the swapped link was used");
+    let after = std::fs::metadata(&outside.0).unwrap();
+    assert_eq!(
+        (after.mode(), after.gid(), after.uid()),
+        (before.mode(), before.gid(), before.uid()),
+        "kv changed a directory outside the volume"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside.0).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    // The current version is untouched and the next switch works.
+    assert!(matches(root.as_fd(), &generation(1)).unwrap());
+    switch(root.as_fd(), &generation(2), PERMS, Budget::unlimited()).unwrap();
+    assert!(matches(root.as_fd(), &generation(2)).unwrap());
 }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod rot;
+
 use kv_emulator::netns::{emulator_binary, example_scenario, Namespace};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -167,6 +169,23 @@ impl Node {
             dir.as_os_str(),
             std::ffi::OsStr::new(&json),
         ])
+    }
+
+    /// `kv mount <dir> <options>` started in the background (kubelet runs a pod's mounts
+    /// concurrently), stdout and stderr piped; the caller waits for or kills it.
+    pub fn start_mount(&self, dir: &Path, options: Value) -> std::process::Child {
+        let json = kubelet_options(dir, options).to_string();
+        self.ns
+            .command(&self.kv)
+            .arg("mount")
+            .arg(dir)
+            .arg(json)
+            .env("KV_LOG_FILE", &self.log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kv mount")
     }
 
     pub fn unmount(&self, dir: &Path) -> Call {

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -20,6 +21,9 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LC = str(ROOT / "scripts" / "local-cluster")
 STATE = pathlib.Path("/var/lib/kv-local")
+# kv's node state on the cluster's node: /run/kv, a tmpfs of the cluster's mount namespace (not
+# the machine's /run/kv): read it through Cluster.holder_path.
+KV_STATE = pathlib.Path("/run/kv")
 NS = "kv-e2e"
 EXAMPLE = ROOT / "emulator" / "scenarios" / "example.json"
 IMAGE = "kv-local/busybox:latest"
@@ -55,7 +59,9 @@ def base_scenario():
         for p in ("pod-identity", "fsgroup", "ro-volume", "ro-mount", "restart-a", "restart-b",
                   "upgrade-0", "upgrade-1", "upgrade-2", "upgrade-3", "upgrade-4", "upgrade-5",
                   "many-0", "many-1", "many-2", "many-3", "many-4", "many-5")
-    ] + [{"namespace": "kv-demo", "pod": "kv-demo-pod-identity", "client_id": POD_IDENTITY_CLIENT}]
+    ] + [{"namespace": "kv-demo", "pod": p, "client_id": POD_IDENTITY_CLIENT}
+         # The examples whose pods use pod identity (kv-demo-identity, as MIC would assign it).
+         for p in ("kv-demo-pod-identity", "kv-demo-json-fields", "kv-demo-select-by-tags")]
     # The cluster's service accounts (the local cluster signs their tokens as the emulator's
     # test issuer) federated with the workload identity, as workload-identity*.yaml say.
     doc["federated_credentials"] += [
@@ -64,6 +70,14 @@ def base_scenario():
         for sa, client in (("kv-demo-workload", WORKLOAD_CLIENT), ("kv-demo-projected", WORKLOAD_MI_CLIENT))
     ]
     return doc
+
+
+def pytest_collection_modifyitems(items):
+    """Files run in the order of their number (test_10 after test_9), tests in file order."""
+    def number(item):
+        m = re.match(r"test_(\d+)_", item.path.name)
+        return int(m.group(1)) if m else 0
+    items.sort(key=number)
 
 
 def run(args, *, input=None, check=True, timeout=300):
@@ -80,6 +94,9 @@ class Cluster:
     # --- kubectl -------------------------------------------------------------------------
     def kubectl(self, *args, input=None, check=True, timeout=300):
         return run([LC, "kubectl", *args], input=input, check=check, timeout=timeout).stdout
+
+    def helm(self, *args, check=True, timeout=300):
+        return run([LC, "helm", *args], check=check, timeout=timeout)
 
     def apply(self, docs):
         text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
@@ -140,9 +157,36 @@ class Cluster:
     def holder(self):
         return (STATE / "run" / "holder.pid").read_text().strip()
 
+    def holder_path(self, path):
+        """`path` as the node sees it (kv's tmpfs mounts exist only in the cluster's mount
+        namespace)."""
+        return pathlib.Path(f"/proc/{self.holder()}/root") / pathlib.Path(path).relative_to("/")
+
     def mountinfo(self):
         """The mount table kubelet, containerd and kv share (the cluster's mount namespace)."""
         return pathlib.Path(f"/proc/{self.holder()}/mountinfo").read_text()
+
+    def daemonset_pods(self, name, ns="kv-system"):
+        return json.loads(self.kubectl("-n", ns, "get", "pods", "-l", f"app.kubernetes.io/name={name}",
+                                       "-o", "json"))["items"]
+
+    def records_naming(self, uid):
+        """The agent's rotation records (kv.json stateDir, the cluster's own /run/kv) that name
+        a pod uid."""
+        d = self.holder_path(KV_STATE / "volumes")
+        return [p for p in d.iterdir() if p.is_file() and uid.encode() in p.read_bytes()] if d.is_dir() else []
+
+    def agent_mountinfo(self):
+        """The mount table of the kv-agent container's process: [(mount point, options)]."""
+        want = b"/kv\0agent\0--config\0/flexvolume/azure~kv/kv.json\0"
+        pids = [p.name for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()
+                and _read(p / "cmdline") == want]
+        assert len(pids) == 1, f"expected one kv agent process, found {pids}"
+        out = []
+        for line in _read(pathlib.Path("/proc") / pids[0] / "mountinfo").decode().splitlines():
+            f = line.split(" ")
+            out.append((f[4], f[5]))
+        return out
 
     def kv_mounts(self):
         return [line for line in self.mountinfo().splitlines() if "azure~kv" in line and " tmpfs " in line]
@@ -165,6 +209,13 @@ class Cluster:
         run([LC, "emulator", "--scenario", str(path)])
 
 
+def _read(path):
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture(scope="session")
 def cluster():
     c = Cluster()
@@ -182,6 +233,9 @@ def cluster():
             if r.returncode != 0:
                 raise AssertionError(f"scripts/local-cluster up failed:\n{r.stdout}\n{r.stderr}")
             started = True
+            # A shell error during `up` (a comment's backticks in an unquoted heredoc ran
+            # `down`) would not fail it: the output must be clean.
+            assert "command not found" not in r.stderr, r.stderr
         c.kubectl("create", "namespace", NS, check=False)
         yield c
     finally:

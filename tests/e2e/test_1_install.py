@@ -1,6 +1,6 @@
-"""1. Install: the DaemonSet rolls out from the locally built image (by digest), kv lands in
-kubelet's plugin dir with the right mode and kv.json, and kubelet probed azure/kv and ran init."""
-import json
+"""1. Install: the DaemonSets roll out from the locally built image (by digest), kv lands in
+kubelet's plugin dir with the right mode and kv.json, and kubelet probed azure/kv and ran init.
+The installer runs without the node's network; only the agent has it."""
 import os
 
 from conftest import ROOT, STATE
@@ -16,8 +16,12 @@ def test_daemonset_installs_kv_and_kubelet_loads_it(cluster):
     image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"kv-local/kv@{digest}", image
 
-    pods = json.loads(cluster.kubectl("-n", "kv-system", "get", "pods", "-o", "json"))["items"]
+    pods = cluster.daemonset_pods("kv-installer")
     assert len(pods) == 1
+    assert not pods[0]["spec"].get("hostNetwork"), "the installer must not share the node's network"
+    agents = cluster.daemonset_pods("kv-agent")
+    assert [a["spec"].get("hostNetwork") for a in agents] == [True]
+    assert agents[0]["spec"]["containers"][0]["image"] == f"kv-local/kv@{digest}"
     status = pods[0]["status"]["containerStatuses"][0]
     assert status["ready"] and status["imageID"].endswith(digest), status
     log = cluster.logs(pods[0]["metadata"]["name"], "kv-system")

@@ -1,5 +1,6 @@
 """7. DaemonSet upgrade (a new image digest, the real path: build, load, apply -k the local
-overlay) while pods are being created: no mount fails, and the new kv is what the node runs."""
+overlay pinned to it) while pods are being created: no mount fails, and the new kv is what the
+node runs."""
 import shutil
 import time
 
@@ -27,9 +28,11 @@ def test_upgrade_while_pods_mount(cluster, tmp_path):
 
         names = [f"upgrade-{i}" for i in range(6)]
         cluster.apply([kv_pod(n, OPTS) for n in names[:3]])
-        cluster.kubectl("apply", "-k", str(ROOT / "installer" / "overlays" / "local"))
+        run([LC, "pin-kv", new_digest])
+        cluster.kubectl("apply", "-k", str(STATE / "kv-overlay"))
         cluster.apply([kv_pod(n, OPTS) for n in names[3:]])
-        cluster.kubectl("-n", "kv-system", "rollout", "status", "daemonset/kv-installer", "--timeout=180s")
+        for ds in ("kv-installer", "kv-agent"):
+            cluster.kubectl("-n", "kv-system", "rollout", "status", f"daemonset/{ds}", "--timeout=180s")
 
         for n in names:
             cluster.wait_running(n)
@@ -45,5 +48,5 @@ def test_upgrade_while_pods_mount(cluster, tmp_path):
             time.sleep(1)
         cluster.kubectl("-n", "kv-e2e", "delete", "pod", *names, "--wait=false")
     finally:
-        # The overlay names the image the cluster's up built again.
-        run([str(ROOT / "scripts" / "build-images"), "--out", str(STATE / "images")])
+        # The generated overlay names the image the cluster's up built again.
+        run([LC, "pin-kv", old_digest])

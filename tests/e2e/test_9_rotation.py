@@ -1,24 +1,17 @@
-"""Rotation under a real kubelet: the installer DaemonSet's `kv agent` refreshes a mounted
+"""Rotation under a real kubelet: the kv-agent DaemonSet's `kv agent` refreshes a mounted
 volume when its secret changes in "Azure", and the pod reads the new value without a restart;
-deleting the pod removes the volume's record."""
+deleting the pod removes the volume's record. The agent sees kubelet's pods dir read-only and
+the volume's tmpfs writable (it writes the new version through it)."""
 import copy
-import pathlib
 import time
 
-from conftest import NS, kv_pod
+from conftest import NS, STATE, kv_pod
 
-STATE_DIR = pathlib.Path("/run/kv/volumes")
 READ_LOOP = "while true; do echo \"VALUE $(cat /kvmnt/db-password)\"; sleep 0.5; done"
 
 
-def records_naming(uid):
-    if not STATE_DIR.is_dir():
-        return []
-    return [p for p in STATE_DIR.iterdir() if p.is_file() and uid.encode() in p.read_bytes()]
-
-
 def test_the_agent_runs_beside_the_installer(cluster):
-    out = cluster.kubectl("-n", "kv-system", "get", "pods", "-l", "app.kubernetes.io/name=kv-installer",
+    out = cluster.kubectl("-n", "kv-system", "get", "pods", "-l", "app.kubernetes.io/name=kv-agent",
                           "-o", "jsonpath={.items[*].status.containerStatuses[?(@.name=='agent')].ready}")
     assert out.split() == ["true"], out
 
@@ -35,7 +28,14 @@ def test_a_pod_sees_the_new_value_without_a_restart(cluster):
         cluster.wait_running(name)
         uid = cluster.pod_uid(name)
         cluster.wait_log(name, "VALUE s3cr3t-P@ssw0rd")
-        assert records_naming(uid), "the mount saved no rotation record"
+        assert cluster.records_naming(uid), "the mount saved no rotation record"
+        # Least privilege: kubelet's pods dir is read-only in the agent's container; the kv tmpfs
+        # kubelet mounted under it after the agent started arrived with its own (rw) flags.
+        mounts = dict(cluster.agent_mountinfo())
+        pods_dir = str(STATE / "kubelet" / "pods")
+        volume = str(cluster.volume_dir(uid, "kv"))
+        assert mounts[pods_dir].split(",")[0] == "ro", mounts[pods_dir]
+        assert mounts[volume].split(",")[0] == "rw", mounts.get(volume)
         # "Azure" gets a new version of the secret.
         doc = copy.deepcopy(cluster.scenario)
         vault = next(v for v in doc["vaults"] if v["name"] == "kvdemo")
@@ -57,6 +57,6 @@ def test_a_pod_sees_the_new_value_without_a_restart(cluster):
         cluster.delete_pod(name)
     # kubelet unmounts after the pod object is gone, asynchronously.
     end = time.time() + 90
-    while records_naming(uid) and time.time() < end:
+    while cluster.records_naming(uid) and time.time() < end:
         time.sleep(1)
-    assert not records_naming(uid), "unmount left the volume's rotation record"
+    assert not cluster.records_naming(uid), "unmount left the volume's rotation record"

@@ -1,10 +1,14 @@
 use super::*;
-use crate::agent::record::PodRef;
 use crate::agent::root::is_live;
+use crate::agent::schedule;
+use crate::nodestate::{MountTable, PodRef};
 use crate::testutil::{file, TempDir, Tmpfs};
+use crate::volume::versioned::{self as layout, Budget, Perms};
 use rustix::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
+
+type Store = NodeState;
 
 /// A fake vault: per mount dir, the generation of its objects or the error it answers.
 /// What the fake vault answers for one volume: (generation, version id) or an error code.
@@ -57,7 +61,7 @@ struct Volume {
 impl Volume {
     fn new(store: &Store, vault: &Vault, tag: &str, size: u64) -> Volume {
         let fs = Tmpfs::new(tag, size);
-        layout::write_initial(
+        let written = layout::write_initial(
             fs.root().as_fd(),
             &files(1),
             Perms {
@@ -68,7 +72,12 @@ impl Volume {
         )
         .unwrap();
         vault.set(&fs.dir, Ok((1, "v1")));
-        store.save(&record(&fs.dir)).unwrap();
+        store.volumes().save(&record(&fs.dir)).unwrap();
+        let status = Status {
+            written: Some(written),
+            ..Status::default()
+        };
+        store.volumes().save_status(&fs.dir, &status).unwrap();
         Volume { fs }
     }
 
@@ -113,7 +122,7 @@ fn record(dir: &Path) -> Record {
 /// A state dir (removed on drop), its store and an empty fake vault.
 fn setup(tag: &str) -> (TempDir, Store, Vault) {
     let state = TempDir::new(tag);
-    let store = Store::new(&state.0);
+    let store = NodeState::at(&state.0);
     (state, store, Vault::default())
 }
 
@@ -143,7 +152,7 @@ fn a_change_switches_the_volume_and_nothing_else_does() {
         "{r:?}"
     );
     assert_eq!((a.version_dir(), b.version_dir()), (va.clone(), vb.clone()));
-    assert_eq!(store.load_status(&a.fs.dir).versions["tls"], "v1");
+    assert_eq!(store.volumes().load_status(&a.fs.dir).versions["tls"], "v1");
 
     vault.set(&a.fs.dir, Ok((2, "v2")));
     let r = run_pass(&store, &vault, ONCE, now()).unwrap();
@@ -161,7 +170,7 @@ fn a_change_switches_the_volume_and_nothing_else_does() {
         dirs, 1,
         "the replaced version is removed after the grace period"
     );
-    let status = store.load_status(&a.fs.dir);
+    let status = store.volumes().load_status(&a.fs.dir);
     assert_eq!(
         (
             status.switches,
@@ -196,7 +205,7 @@ fn an_error_keeps_the_files_reports_and_backs_off() {
         (a.version_dir(), a.cert()),
         (before.clone(), "cert 1".to_string())
     );
-    let status = store.load_status(&a.fs.dir);
+    let status = store.volumes().load_status(&a.fs.dir);
     let err = status.last_error.clone().unwrap();
     assert_eq!(
         (err.code.as_str(), err.message.as_str(), status.failures),
@@ -215,7 +224,7 @@ fn an_error_keeps_the_files_reports_and_backs_off() {
     let t1 = t0 + Duration::from_secs(6);
     let r = run_pass(&store, &vault, DUE, t1).unwrap();
     assert_eq!(r.failed.len(), 1);
-    let status = store.load_status(&a.fs.dir);
+    let status = store.volumes().load_status(&a.fs.dir);
     assert_eq!(status.failures, 2);
     let due = Duration::from_millis(status.next_due_ms) - t1;
     assert!(
@@ -255,7 +264,7 @@ fn an_error_keeps_the_files_reports_and_backs_off() {
     vault.set(&a.fs.dir, Ok((3, "v3")));
     let r = run_pass(&store, &vault, ONCE, now()).unwrap();
     assert!(r.switched.contains(&a.fs.dir));
-    let status = store.load_status(&a.fs.dir);
+    let status = store.volumes().load_status(&a.fs.dir);
     assert_eq!((status.failures, a.cert().as_str()), (0, "cert 3"));
     assert_eq!(status.last_error.unwrap().code, "KV_NETWORK");
 }
@@ -268,7 +277,7 @@ fn records_of_vanished_mounts_are_collected() {
     let gone_dir = gone.fs.dir.clone();
     drop(gone); // unmounted and removed
     let plain = TempDir::new("pass-gc-plain");
-    store.save(&record(&plain.0)).unwrap(); // a directory, but no tmpfs of kv's
+    store.volumes().save(&record(&plain.0)).unwrap(); // a directory, but no tmpfs of kv's
     let other = Tmpfs::new("pass-gc-other", 1 << 20);
     rustix::mount::unmount(&other.dir, rustix::mount::UnmountFlags::empty()).unwrap();
     rustix::mount::mount(
@@ -279,7 +288,7 @@ fn records_of_vanished_mounts_are_collected() {
         c"size=64k",
     )
     .unwrap();
-    store.save(&record(&other.dir)).unwrap(); // a tmpfs, not kv's
+    store.volumes().save(&record(&other.dir)).unwrap(); // a tmpfs, not kv's
 
     let r = run_pass(&store, &vault, ONCE, now()).unwrap();
     let mut collected = r.collected.clone();
@@ -288,6 +297,7 @@ fn records_of_vanished_mounts_are_collected() {
     want.sort();
     assert_eq!(collected, want);
     let left: Vec<PathBuf> = store
+        .volumes()
         .load_all()
         .unwrap()
         .records
@@ -296,8 +306,9 @@ fn records_of_vanished_mounts_are_collected() {
         .collect();
     assert_eq!(left, std::slice::from_ref(&live.fs.dir));
     assert_eq!(r.unchanged, std::slice::from_ref(&live.fs.dir));
-    assert!(is_live(&live.fs.dir).unwrap());
-    assert!(!is_live(&other.dir).unwrap());
+    let table = MountTable::read().unwrap();
+    assert!(is_live(&table, &record(&live.fs.dir)));
+    assert!(!is_live(&table, &record(&other.dir)));
 }
 
 #[test]
@@ -307,13 +318,15 @@ fn volumes_wait_for_their_due_time_unless_once() {
     let t0 = now();
     let r = run_pass(&store, &vault, DUE, t0).unwrap();
     assert_eq!((r.not_due, vault.calls.load(Ordering::SeqCst)), (1, 0));
-    let due = r.next_due.unwrap();
+    let due = Duration::from_millis(store.volumes().load_status(&a.fs.dir).next_due_ms);
     assert!(due > t0 && due <= t0 + Duration::from_secs(126), "{due:?}");
+    let r = run_pass(&store, &vault, DUE, t0).unwrap();
     assert_eq!(
-        Duration::from_millis(store.load_status(&a.fs.dir).next_due_ms),
+        Duration::from_millis(store.volumes().load_status(&a.fs.dir).next_due_ms),
         due,
         "saved: stable across passes"
     );
+    assert_eq!(r.not_due, 1);
     let r = run_pass(&store, &vault, DUE, due - Duration::from_millis(1)).unwrap();
     assert_eq!(r.not_due, 1);
     let r = run_pass(&store, &vault, DUE, due).unwrap();
@@ -321,7 +334,7 @@ fn volumes_wait_for_their_due_time_unless_once() {
         (r.unchanged.len(), vault.calls.load(Ordering::SeqCst)),
         (1, 1)
     );
-    let next = r.next_due.unwrap();
+    let next = Duration::from_millis(store.volumes().load_status(&a.fs.dir).next_due_ms);
     assert!(
         next >= due + Duration::from_secs(114) && next <= due + Duration::from_secs(126),
         "{next:?}"
@@ -335,38 +348,28 @@ fn volumes_wait_for_their_due_time_unless_once() {
 }
 
 #[test]
-fn a_read_only_volume_is_switched_and_read_only_again() {
+fn a_read_only_volume_of_an_older_kv_is_refused_and_kept() {
+    // Without the agent's own mount, a read-only volume cannot be written without remounting
+    // it: the agent refuses it (delete the pod to remount it) and never remounts.
     let (_state, store, vault) = setup("pass-ro");
     let a = Volume::new(&store, &vault, "pass-ro", 1 << 20);
     let mut r = record(&a.fs.dir);
     r.read_only = true;
-    store.save(&r).unwrap();
+    store.volumes().save(&r).unwrap();
     let keep = rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV;
     rustix::mount::mount_remount(&a.fs.dir, keep | rustix::mount::MountFlags::RDONLY, "").unwrap();
-    let read_only = || {
-        rustix::fs::statvfs(&a.fs.dir)
-            .unwrap()
-            .f_flag
-            .contains(rustix::fs::StatVfsMountFlags::RDONLY)
-    };
-    assert!(std::fs::write(a.fs.dir.join("probe"), b"x").is_err());
-
     vault.set(&a.fs.dir, Ok((2, "v2")));
     let report = run_pass(&store, &vault, ONCE, now()).unwrap();
-    assert_eq!(
-        report.switched,
-        std::slice::from_ref(&a.fs.dir),
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(
+        report.failed[0].1.message().contains("delete the pod"),
         "{report:?}"
     );
-    assert_eq!(a.cert(), "cert 2");
-    assert!(read_only(), "read-only again after the switch");
-    // The replaced version waits for the next pass (the volume is not reopened to remove it).
-    vault.set(&a.fs.dir, Ok((3, "v3")));
-    run_pass(&store, &vault, ONCE, now()).unwrap();
-    assert_eq!(a.cert(), "cert 3");
-    assert!(read_only());
-    let versions = Volume::versions_in(&a.fs.dir);
-    assert_eq!(versions, 2, "the current one and the one just replaced");
+    assert_eq!(a.cert(), "cert 1");
+    assert!(rustix::fs::statvfs(&a.fs.dir)
+        .unwrap()
+        .f_flag
+        .contains(rustix::fs::StatVfsMountFlags::RDONLY));
 }
 
 #[test]
@@ -394,16 +397,58 @@ fn many_volumes_are_refreshed_once_each_by_the_workers() {
         assert_eq!(v.cert(), format!("cert {}", 10 + i));
         let versions = Volume::versions_in(&v.fs.dir);
         assert_eq!(versions, 1, "{}", v.fs.dir.display());
-        assert_eq!(store.load_status(&v.fs.dir).switches, 1);
+        assert_eq!(store.volumes().load_status(&v.fs.dir).switches, 1);
     }
     // Their next refreshes are spread over the interval, not bunched.
     let dues: std::collections::BTreeSet<u64> = volumes
         .iter()
-        .map(|v| store.load_status(&v.fs.dir).next_due_ms / 1000)
+        .map(|v| store.volumes().load_status(&v.fs.dir).next_due_ms / 1000)
         .collect();
     assert!(
         dues.len() >= 5,
         "next refreshes bunched in {} seconds",
         dues.len()
+    );
+}
+
+/// A refresh that takes its whole budget in one namespace does not hold up another's: each
+/// namespace gets at most its share of the workers.
+#[test]
+fn a_slow_namespace_gets_its_share_of_workers_and_no_more() {
+    let (_state, store, vault) = setup("pass-fair");
+    let mut slow = Vec::new();
+    for i in 0..6 {
+        let v = Volume::new(&store, &vault, &format!("pass-fair-slow-{i}"), 256 << 10);
+        let mut r = record(&v.fs.dir);
+        r.pod.namespace = Some("hostile".into());
+        store.volumes().save(&r).unwrap();
+        slow.push(v);
+    }
+    let _fast: Vec<Volume> = (0..3)
+        .map(|i| Volume::new(&store, &vault, &format!("pass-fair-fast-{i}"), 256 << 10))
+        .collect();
+    let started = std::time::Instant::now();
+    let fast_done = Mutex::new(Vec::new());
+    let slow_dirs: Vec<PathBuf> = slow.iter().map(|v| v.fs.dir.clone()).collect();
+    let refresh = |r: &Record| -> Result<Fetched> {
+        if slow_dirs.contains(&r.dir) {
+            std::thread::sleep(Duration::from_millis(800));
+        } else {
+            fast_done.lock().unwrap().push(started.elapsed());
+        }
+        vault.fetch(r)
+    };
+    let opts = PassOptions {
+        once: true,
+        concurrency: 4,
+        grace: Duration::from_millis(1),
+    };
+    let r = run_pass(&store, &refresh, opts, now()).unwrap();
+    assert_eq!(r.unchanged.len(), 9, "{r:?}");
+    let done = fast_done.into_inner().unwrap();
+    assert_eq!(done.len(), 3);
+    assert!(
+        done.iter().all(|d| *d < Duration::from_millis(700)),
+        "the other namespace waited for the slow one: {done:?}"
     );
 }

@@ -1,28 +1,34 @@
-//! What the agent knows about each rotating volume: one record and one status file per volume in
-//! `<state>/volumes/` (`/run/kv/volumes/` on a node).
+//! What the rotation agent knows about each rotating volume: one record and one status file per
+//! volume in `<root>/volumes/`.
 //!
 //! A record holds the options JSON exactly as kubelet passed it to mount, so the agent can run
 //! the same resolve → fetch → layout steps again. For a service principal that JSON includes the
-//! client secret kubelet read from the pod's secretRef: records therefore live only in a root-only
-//! directory (`0700`, files `0600`, owned by root) on `/run`, a memory-backed tmpfs that is gone
-//! at reboot together with the volumes it describes. That is the same trust kubelet already has
-//! (it holds the secret and passes it in argv); the secret never reaches a disk, a log or an
-//! error. Every write goes through [`crate::atomic`], so a reader sees a whole record or none.
+//! client secret kubelet read from the pod's secretRef: records therefore live only in the
+//! root-only node state (`0700`, files `0600`) on `/run`, a memory-backed tmpfs gone at reboot
+//! together with the volumes it describes. That is the trust kubelet already has (it holds the
+//! secret and passes it in argv); the secret never reaches a disk, a log or an error.
 //!
-//! A record is named after the SHA-256 of its mount dir (fixed length, stable across processes),
-//! so a mount and an unmount of one dir find the same file without listing.
+//! The status says what the agent last wrote into the volume ([`Written`]: a digest of the
+//! paths, bytes and modes, and a stamp of the tree's metadata as it left it), so a refresh
+//! decides "changed" without ever reading the pod-writable files.
+//!
+//! A record is named after the SHA-256 of its mount dir (fixed length, stable across
+//! processes), so a mount and an unmount of one dir find the same file without listing; the
+//! volume's lock and its agent mount use the same name.
 
+use super::{private, NodeState};
 use crate::error::{Code, Error, Result};
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{Mode, OFlags};
+use rustix::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
-/// Record format written by this release.
-const FORMAT: u32 = 1;
+/// Record format written by this release (2: the agent's own mount of the volume).
+const FORMAT: u32 = 2;
+/// Formats this release reads (1: volumes mounted by an older kv, without an agent mount).
+const READABLE: [u32; 2] = [1, 2];
 /// No record or status is larger (kubelet's options are a few KiB).
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -56,10 +62,13 @@ pub struct Record {
     pub identity: String,
     /// When the volume was mounted (Unix seconds).
     pub mounted_at: u64,
-    /// The volume is mounted read-only (`kubernetes.io/readwrite: ro`): made writable only
-    /// for the switch.
+    /// The volume is mounted read-only for the pod (`kubernetes.io/readwrite: ro`).
     #[serde(default)]
     pub read_only: bool,
+    /// The agent's own writable mount of the volume's tmpfs (`<root>/mnt/<name>`); `None` for
+    /// a volume an older kv mounted.
+    #[serde(default)]
+    pub agent_mount: Option<PathBuf>,
 }
 
 impl Record {
@@ -81,29 +90,8 @@ impl Record {
             identity: identity.to_string(),
             mounted_at: now_secs(),
             read_only,
+            agent_mount: None,
         }
-    }
-
-    /// The record of a volume just mounted at `dir` from kubelet's `options` JSON.
-    pub fn for_volume(
-        dir: &Path,
-        options: &str,
-        spec: &crate::options::VolumeSpec,
-        interval: std::time::Duration,
-    ) -> Record {
-        Record::new(
-            dir.to_path_buf(),
-            PodRef {
-                uid: spec.pod.uid.clone(),
-                namespace: spec.pod.namespace.clone(),
-                name: spec.pod.name.clone(),
-                service_account: spec.pod.service_account.clone(),
-            },
-            options.to_string(),
-            interval,
-            &spec.identity.describe(),
-            spec.read_only,
-        )
     }
 
     /// The record's file name stem: hex SHA-256 of the mount dir.
@@ -114,6 +102,11 @@ impl Record {
     /// The refresh interval.
     pub fn interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.interval_secs)
+    }
+
+    /// The pod's namespace ("" when kubelet gave none): the unit of fairness.
+    pub fn namespace(&self) -> &str {
+        self.pod.namespace.as_deref().unwrap_or("")
     }
 
     /// `namespace/name` of the pod, for logs.
@@ -135,6 +128,7 @@ impl std::fmt::Debug for Record {
             .field("options", &"<redacted>")
             .field("interval_secs", &self.interval_secs)
             .field("identity", &self.identity)
+            .field("agent_mount", &self.agent_mount)
             .finish()
     }
 }
@@ -156,6 +150,20 @@ pub struct LastError {
     pub at: u64,
 }
 
+/// What kv last wrote into a rotating volume: enough to tell, without reading a byte of the
+/// pod-writable files, whether a fresh fetch differs and whether anyone touched the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The version directory (`..<timestamp>`) `..data` names.
+    pub version: String,
+    /// SHA-256 (hex) of the files as written: paths, bytes, modes, directory mode and group.
+    pub digest: String,
+    /// SHA-256 (hex) of the version tree's metadata as kv left it (`fstatat` without following
+    /// links: inode, type, mode, owner, size, change time of every directory and file). Any
+    /// write, chmod, rename, link or new entry by the pod changes it.
+    pub stamp: String,
+}
+
 /// A volume's rotation state, rewritten after every refresh.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -173,9 +181,12 @@ pub struct Status {
     pub versions: BTreeMap<String, String>,
     /// When the next refresh is due (Unix milliseconds).
     pub next_due_ms: u64,
+    /// What is in the volume (written by the mount, then by every switch).
+    #[serde(default)]
+    pub written: Option<Written>,
 }
 
-/// The hex SHA-256 of a mount dir: the name of its record.
+/// The hex SHA-256 of a mount dir: the name of its record, lock and agent mount.
 pub fn name_of(dir: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(dir.as_os_str().as_bytes()))
@@ -183,13 +194,10 @@ pub fn name_of(dir: &Path) -> String {
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    super::unix_now().as_secs()
 }
 
-/// Records that [`Store::load_all`] could read, and what it skipped.
+/// Records that [`Volumes::load_all`] could read, and what it skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Valid records, ordered by name.
@@ -198,130 +206,97 @@ pub struct Loaded {
     pub problems: Vec<String>,
 }
 
-/// The records directory.
+/// The records directory `<root>/volumes`.
 #[derive(Debug, Clone)]
-pub struct Store {
-    state: PathBuf,
+pub struct Volumes {
+    state: NodeState,
 }
 
-fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::new(
-        Code::Mount,
-        format!("cannot {what} {}: {e}", path.display()),
-    )
-}
-
-impl Store {
-    /// The store under `state` (normally [`crate::config::DEFAULT_STATE_DIR`]).
-    pub fn new(state: impl Into<PathBuf>) -> Store {
-        Store {
-            state: state.into(),
+impl NodeState {
+    /// The rotating volumes' records (nothing is opened or created until used).
+    pub fn volumes(&self) -> Volumes {
+        Volumes {
+            state: self.clone(),
         }
     }
+}
 
-    /// `<state>/volumes`.
+const DIR: &str = "volumes";
+
+impl Volumes {
+    /// `<root>/volumes`.
     pub fn dir(&self) -> PathBuf {
-        self.state.join("volumes")
+        self.state.root().join(DIR)
     }
 
-    /// Opens `<state>/volumes`, creating it (and `<state>`) `0700`. An existing directory must
-    /// be a real directory owned by this user; group/other bits are removed.
-    fn open(&self, create: bool) -> Result<Option<OwnedFd>> {
-        let dir = self.dir();
-        if create {
-            for d in [&self.state, &dir] {
-                use std::os::unix::fs::DirBuilderExt;
-                match std::fs::DirBuilder::new().mode(0o700).create(d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err("create", d, e)),
-                }
-            }
-        }
-        let fd = match crate::atomic::open_dir(&dir) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
-            Err(e) => return Err(io_err("open", &dir, e)),
-        };
-        let st = rustix::fs::fstat(&fd).map_err(|e| io_err("inspect", &dir, e))?;
-        let me = rustix::process::geteuid().as_raw();
-        if st.st_uid != me {
-            return Err(Error::new(
-                Code::Mount,
-                format!(
-                    "{} belongs to uid {}, not {me}: kv keeps volume records only in its own directory (remove it)",
-                    dir.display(),
-                    st.st_uid
-                ),
-            ));
-        }
-        if st.st_mode & 0o077 != 0 {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
-                .map_err(|e| io_err("chmod", &dir, e))?;
-        }
-        Ok(Some(fd))
+    fn create(&self) -> Result<OwnedFd> {
+        self.state.open_dir(DIR)
+    }
+
+    fn existing(&self) -> Result<Option<OwnedFd>> {
+        private::open_existing(&self.dir()).map_err(|e| self.state.error(DIR, &e))
     }
 
     /// Saves (replaces) the record of `record.dir`.
     pub fn save(&self, record: &Record) -> Result<()> {
-        let fd = self
-            .open(true)?
-            .ok_or_else(|| io_err("open", &self.dir(), "missing"))?;
+        let fd = self.create()?;
         let mut json = serde_json::to_vec(record)
             .map_err(|e| Error::new(Code::Internal, format!("record: {e}")))?;
-        let result =
-            crate::atomic::write_at(&fd, &format!("{}.json", record.name()), &json, 0o600, None)
-                .map_err(|e| io_err("write the record in", &self.dir(), e));
+        let result = private::write(&fd, &format!("{}.json", record.name()), &json)
+            .map_err(|e| self.state.error(DIR, &e));
         json.zeroize();
         result
     }
 
     /// Saves the status of the volume at `dir`.
     pub fn save_status(&self, dir: &Path, status: &Status) -> Result<()> {
-        let fd = self
-            .open(true)?
-            .ok_or_else(|| io_err("open", &self.dir(), "missing"))?;
+        let fd = self.create()?;
         let json = serde_json::to_vec(status)
             .map_err(|e| Error::new(Code::Internal, format!("status: {e}")))?;
-        crate::atomic::write_at(
-            &fd,
-            &format!("{}.status.json", name_of(dir)),
-            &json,
-            0o600,
-            None,
-        )
-        .map_err(|e| io_err("write the status in", &self.dir(), e))
+        private::write(&fd, &format!("{}.status.json", name_of(dir)), &json)
+            .map_err(|e| self.state.error(DIR, &e))
     }
 
     /// The status of the volume at `dir`: the default for a volume never refreshed, or one
     /// whose status file is unreadable (it is rewritten after the next refresh).
     pub fn load_status(&self, dir: &Path) -> Status {
-        let Ok(Some(fd)) = self.open(false) else {
+        let Ok(Some(fd)) = self.existing() else {
             return Status::default();
         };
-        read_private(fd.as_fd(), &format!("{}.status.json", name_of(dir)))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        private::read_checked(
+            &fd,
+            &format!("{}.status.json", name_of(dir)),
+            MAX_FILE_BYTES,
+        )
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+    }
+
+    /// The record of the volume at `dir`, if there is a valid one.
+    pub fn load(&self, dir: &Path) -> Option<Record> {
+        self.load_named(&name_of(dir))
+    }
+
+    /// The record named `name` (the SHA-256 of its mount dir), if there is a valid one.
+    pub(super) fn load_named(&self, name: &str) -> Option<Record> {
+        let fd = self.existing().ok()??;
+        let bytes = private::read_checked(&fd, &format!("{name}.json"), MAX_FILE_BYTES).ok()??;
+        parse(&bytes, name).ok()
     }
 
     /// Every valid record. Files that are not kv's (other names, links, not regular, not
     /// root-only) or that do not parse are skipped and reported, never trusted.
     pub fn load_all(&self) -> Result<Loaded> {
         let mut loaded = Loaded::default();
-        let Some(fd) = self.open(false)? else {
+        let Some(fd) = self.existing()? else {
             return Ok(loaded);
         };
-        let mut names = Vec::new();
-        let entries =
-            rustix::fs::Dir::read_from(&fd).map_err(|e| io_err("list", &self.dir(), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("list", &self.dir(), e))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
+        let mut names = private::names(&fd);
         names.sort();
         for name in names {
-            if name == "." || name == ".." || name.ends_with(".status.json") {
+            if name.ends_with(".status.json") || name.starts_with(".tmp") {
                 continue;
             }
             let shown = crate::error::printable(&name);
@@ -331,31 +306,13 @@ impl Store {
                     .push(format!("{shown}: not a volume record (ignored)"));
                 continue;
             };
-            let bytes = match read_private(fd.as_fd(), &name) {
-                Ok(b) => b,
-                Err(why) => {
-                    loaded.problems.push(format!("{shown}: {why} (ignored)"));
-                    continue;
-                }
-            };
-            let parsed: std::result::Result<Record, _> = serde_json::from_slice(&bytes);
-            let mut bytes = bytes;
-            bytes.zeroize();
-            match parsed {
-                Ok(r) if r.format != FORMAT => loaded.problems.push(format!(
-                    "{shown}: record format {} is not {FORMAT} (ignored)",
-                    r.format
-                )),
-                Ok(r) if r.name() != stem => loaded.problems.push(format!(
-                    "{shown}: named for another mount dir than the one it holds (ignored)"
-                )),
-                Ok(r) => loaded.records.push(r),
-                // serde's message may quote the content: only say where it broke.
-                Err(e) => loaded.problems.push(format!(
-                    "{shown}: not valid JSON (line {}, column {}; ignored)",
-                    e.line(),
-                    e.column()
-                )),
+            match private::read_checked(&fd, &name, MAX_FILE_BYTES) {
+                Ok(Some(bytes)) => match parse(&bytes, stem) {
+                    Ok(r) => loaded.records.push(r),
+                    Err(why) => loaded.problems.push(format!("{shown}: {why}")),
+                },
+                Ok(None) => {}
+                Err(why) => loaded.problems.push(format!("{shown}: {why} (ignored)")),
             }
         }
         Ok(loaded)
@@ -364,70 +321,81 @@ impl Store {
     /// Removes the record and status of the volume at `dir` (unmount, garbage collection).
     /// A missing record is fine.
     pub fn remove(&self, dir: &Path) -> Result<()> {
-        let Some(fd) = self.open(false)? else {
+        let Some(fd) = self.existing()? else {
             return Ok(());
         };
         let stem = name_of(dir);
         for name in [format!("{stem}.json"), format!("{stem}.status.json")] {
             match rustix::fs::unlinkat(&fd, name.as_str(), rustix::fs::AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(io_err("remove", &self.dir().join(&name), e)),
+                Err(e) => return Err(self.state.error(&format!("{DIR}/{name}"), &e.into())),
             }
         }
         Ok(())
     }
-}
 
-fn is_name(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Reads a file of the store: a regular file (not through a link), owned by this user, not
-/// readable or writable by group or others, at most [`MAX_FILE_BYTES`].
-fn read_private(
-    dir: rustix::fd::BorrowedFd<'_>,
-    name: &str,
-) -> std::result::Result<Vec<u8>, String> {
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP => "a symlink".to_string(),
-        e => format!("cannot open: {e}"),
-    })?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot inspect: {e}"))?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err("not a regular file".into());
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != me || st.st_mode & 0o077 != 0 {
-        return Err(format!(
-            "owned by uid {} with mode {:04o}, not {me} and 0600",
-            st.st_uid,
-            st.st_mode & 0o7777
-        ));
-    }
-    if st.st_size as u64 > MAX_FILE_BYTES {
-        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-    }
-    let mut bytes = Vec::with_capacity(st.st_size as usize);
-    let mut buf = [0u8; 8192];
-    loop {
-        match rustix::io::read(&fd, &mut buf) {
-            Ok(0) => break,
-            Ok(n) if (bytes.len() + n) as u64 <= MAX_FILE_BYTES => {
-                bytes.extend_from_slice(&buf[..n])
+    /// Removes status files whose record is gone (a refresh that ended after its volume's
+    /// unmount); returns how many.
+    pub(super) fn sweep_statuses(&self) -> usize {
+        let Ok(Some(fd)) = self.existing() else {
+            return 0;
+        };
+        let names = private::names(&fd);
+        let mut removed = 0;
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".status.json")) {
+            if !is_name(stem) || names.contains(&format!("{stem}.json")) {
+                continue;
             }
-            Ok(_) => return Err(format!("larger than {MAX_FILE_BYTES} bytes")),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(format!("cannot read: {e}")),
+            // Under the volume's lock: a mount saves the status just before the record.
+            let Some(_lock) = self.state.try_lock_name(stem) else {
+                continue;
+            };
+            if self.load_named(stem).is_none() {
+                private::remove(&fd, &format!("{stem}.status.json"));
+                removed += 1;
+            }
         }
+        removed
     }
-    buf.zeroize();
-    Ok(bytes)
+
+    /// How many records there are (for `kv doctor`).
+    pub fn count(&self) -> usize {
+        self.existing()
+            .ok()
+            .flatten()
+            .map(|fd| {
+                private::names(&fd)
+                    .iter()
+                    .filter(|n| n.ends_with(".json") && !n.ends_with(".status.json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// A record from its bytes, checked against the name it was stored under.
+fn parse(bytes: &[u8], stem: &str) -> std::result::Result<Record, String> {
+    match serde_json::from_slice::<Record>(bytes) {
+        Ok(r) if !READABLE.contains(&r.format) => Err(format!(
+            "record format {} is not one of {READABLE:?} (ignored)",
+            r.format
+        )),
+        Ok(r) if r.name() != stem => {
+            Err("named for another mount dir than the one it holds (ignored)".into())
+        }
+        Ok(r) => Ok(r),
+        // serde's message may quote the content: only say where it broke.
+        Err(e) => Err(format!(
+            "not valid JSON (line {}, column {}; ignored)",
+            e.line(),
+            e.column()
+        )),
+    }
+}
+
+/// A record or lock name: 64 lower-case hex digits.
+pub(super) fn is_name(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -455,7 +423,7 @@ mod tests {
     #[test]
     fn records_round_trip_root_only() {
         let tmp = TempDir::new("record-roundtrip");
-        let store = Store::new(tmp.0.join("state"));
+        let store = NodeState::at(tmp.0.join("state")).volumes();
         assert!(
             store.load_all().unwrap().records.is_empty(),
             "no directory yet"
@@ -509,37 +477,9 @@ mod tests {
     }
 
     #[test]
-    fn a_mounted_volume_is_recorded_from_its_spec() {
-        let json = r#"{"keyvaultname":"kvdemo","keyvaultobjectnames":"s","keyvaultobjecttypes":"secret",
-            "tenantid":"contoso.onmicrosoft.com","kubernetes.io/secret/clientid":"aWQ=","kubernetes.io/secret/clientsecret":"c2VjcmV0",
-            "kubernetes.io/pod.uid":"u-9","kubernetes.io/pod.namespace":"ns","kubernetes.io/pod.name":"p",
-            "kubernetes.io/serviceAccount.name":"sa","kubernetes.io/readwrite":"ro"}"#;
-        let spec = crate::options::VolumeSpec::parse(json).unwrap();
-        let dir = Path::new("/k/pods/u-9/volumes/azure~kv/v");
-        let r = Record::for_volume(dir, json, &spec, std::time::Duration::from_secs(90));
-        assert_eq!(r.dir, dir);
-        assert_eq!(
-            (
-                r.pod.uid.as_deref(),
-                r.pod.namespace.as_deref(),
-                r.pod.name.as_deref(),
-                r.pod.service_account.as_deref()
-            ),
-            (Some("u-9"), Some("ns"), Some("p"), Some("sa"))
-        );
-        assert_eq!(
-            (r.options.as_str(), r.interval_secs, r.read_only),
-            (json, 90, true)
-        );
-        assert_eq!(r.identity, "service principal id");
-        assert_eq!(r.pod_label(), "ns/p");
-        assert_eq!(r.name(), name_of(dir));
-    }
-
-    #[test]
     fn foreign_corrupt_and_linked_files_are_reported_not_trusted() {
         let tmp = TempDir::new("record-corrupt");
-        let store = Store::new(&tmp.0);
+        let store = NodeState::at(&tmp.0).volumes();
         let good = record("/k/pods/a/volumes/azure~kv/v");
         store.save(&good).unwrap();
         let dir = store.dir();
@@ -595,7 +535,7 @@ mod tests {
     #[test]
     fn a_store_directory_of_another_user_is_refused() {
         let tmp = TempDir::new("record-owner");
-        let store = Store::new(&tmp.0);
+        let store = NodeState::at(&tmp.0).volumes();
         std::fs::create_dir(store.dir()).unwrap();
         std::fs::set_permissions(store.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
         store.save(&record("/k/pods/a/volumes/azure~kv/v")).unwrap();
@@ -606,6 +546,6 @@ mod tests {
         );
         rustix::fs::chown(store.dir(), Some(rustix::fs::Uid::from_raw(4321)), None).unwrap();
         let e = store.load_all().unwrap_err();
-        assert!(e.message().contains("belongs to uid 4321"), "{e}");
+        assert!(e.message().contains("owned by uid 4321"), "{e}");
     }
 }
