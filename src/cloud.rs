@@ -114,7 +114,10 @@ mod tests {
         }
         assert!(resolve(Some("Mars")).is_err());
         let retired = resolve(Some("azureGermanCloud")).unwrap_err();
-        assert!(retired.message().contains("closed in October 2021"), "{retired}");
+        assert!(
+            retired.message().contains("closed in October 2021"),
+            "{retired}"
+        );
         assert!(resolve(Some("AzureStackCloud")).is_err());
     }
 
