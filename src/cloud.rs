@@ -60,10 +60,10 @@ impl Cloud {
                 "https://login.microsoftonline.us",
                 "vault.usgovcloudapi.net",
             )),
-            "AZUREGERMANCLOUD" => Ok(Cloud::named(
-                "AzureGermanCloud",
-                "https://login.microsoftonline.de",
-                "vault.microsoftazure.de",
+            // Microsoft Cloud Deutschland closed in October 2021: its hosts must never get a
+            // token again, whoever now answers at those names.
+            "AZUREGERMANCLOUD" => Err(Error::options(
+                "cloudname AzureGermanCloud: Microsoft Cloud Deutschland was closed in October 2021; vaults moved to AzurePublicCloud (the Germany regions), so drop cloudname or use AzurePublicCloud",
             )),
             "AZURESTACKCLOUD" => match custom {
                 Some(c) => Ok(Cloud {
@@ -77,7 +77,7 @@ impl Cloud {
                 )),
             },
             _ => Err(Error::options(format!(
-                "cloudname \"{}\" is not a known cloud: use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud",
+                "cloudname \"{}\" is not a known cloud: use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud or AzureStackCloud",
                 crate::error::printable(name)
             ))),
         }
@@ -106,11 +106,6 @@ mod tests {
                 "AzureUSGovernmentCloud",
                 "vault.usgovcloudapi.net",
             ),
-            (
-                Some("azureGermanCloud"),
-                "AzureGermanCloud",
-                "vault.microsoftazure.de",
-            ),
         ] {
             let cloud = resolve(given).unwrap();
             assert_eq!(cloud.name, canonical);
@@ -118,6 +113,11 @@ mod tests {
             assert_eq!(cloud.vault_resource, format!("https://{suffix}"));
         }
         assert!(resolve(Some("Mars")).is_err());
+        let retired = resolve(Some("azureGermanCloud")).unwrap_err();
+        assert!(
+            retired.message().contains("closed in October 2021"),
+            "{retired}"
+        );
         assert!(resolve(Some("AzureStackCloud")).is_err());
     }
 

@@ -1,8 +1,9 @@
 //! Azure AD (Entra ID) token endpoints (client credentials v1/v2) plus the discovery
 //! documents MSAL reads.
 
+use crate::exchange::{Req, Resp};
 use crate::scenario::{cloud_by_aad_host, cloud_by_resource, FederatedCredential, IdentityKind};
-use crate::server::{Req, Resp, State};
+use crate::state::State;
 use crate::util::{aad_timestamp, parse_pairs, random_guid};
 use base64::Engine;
 use serde_json::json;

@@ -1,8 +1,9 @@
 //! IMDS managed-identity token endpoint (169.254.169.254:80).
 
+use crate::exchange::{Req, Resp};
 use crate::material::IdentityState;
 use crate::scenario::{cloud_by_resource, IdentityKind};
-use crate::server::{Req, Resp, State};
+use crate::state::State;
 use serde_json::json;
 
 fn err(status: u16, e: &str, d: &str) -> Resp {

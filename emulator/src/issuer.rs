@@ -74,7 +74,7 @@ pub fn keys_from_jwks(jwks: &Value) -> Result<Vec<(Option<String>, RsaPublicKey)
 /// or `RSA PRIVATE KEY` blocks, each with its Kubernetes-style `kid`.
 pub fn keys_from_pem(text: &str) -> Result<Vec<(Option<String>, RsaPublicKey)>, String> {
     let mut out = Vec::new();
-    for (label, der) in crate::material::pem_blocks(text) {
+    for (label, der) in crate::util::pem_blocks(text) {
         let key = match label.as_str() {
             "PUBLIC KEY" => RsaPublicKey::from_public_key_der(&der).map_err(|e| e.to_string())?,
             "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_der(&der).map_err(|e| e.to_string())?,

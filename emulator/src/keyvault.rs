@@ -3,9 +3,10 @@
 //! tags and `nextLink` paging like Key Vault), the 401 challenge, access policies, disabled
 //! objects, errors.
 
+use crate::exchange::{Req, Resp};
 use crate::material::{x5t, CertVer, KeyVer, SecretVer, VaultState};
 use crate::scenario::CLOUDS;
-use crate::server::{Req, Resp, State};
+use crate::state::State;
 use crate::token::TokenError;
 use crate::util::{b64, random_guid};
 use serde_json::{json, Map, Value};

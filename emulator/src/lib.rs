@@ -11,6 +11,7 @@
 //! [`server::BindMode::Local`] serves everything on loopback ephemeral ports instead.
 
 pub mod aad;
+pub mod exchange;
 pub mod federated;
 pub mod imds;
 pub mod issuer;
@@ -21,6 +22,7 @@ pub mod netns;
 pub mod nmi;
 pub mod scenario;
 pub mod server;
+pub mod state;
 pub mod token;
 pub mod util;
 

@@ -175,29 +175,6 @@ impl Material {
     }
 }
 
-/// PEM blocks `(label, der)`.
-pub fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut label: Option<String> = None;
-    let mut body = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
-            label = Some(rest.trim_end_matches('-').to_string());
-            body.clear();
-        } else if line.starts_with("-----END ") {
-            if let Some(l) = label.take() {
-                if let Some(der) = crate::util::b64_decode(&body) {
-                    out.push((l, der));
-                }
-            }
-        } else if label.is_some() {
-            body.push_str(line);
-        }
-    }
-    out
-}
-
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
     let b = b64(der);
     let mut s = format!("-----BEGIN {label}-----\n");
@@ -361,7 +338,7 @@ impl<'a> Builder<'a> {
                 let crv = spec.crv.clone().unwrap_or_else(|| "P-256".into());
                 let n = coord_len(&crv);
                 if let Some(p) = pem {
-                    let der = pem_blocks(&p)
+                    let der = crate::util::pem_blocks(&p)
                         .into_iter()
                         .find(|(l, _)| l == "PRIVATE KEY")
                         .map(|(_, d)| d)
@@ -762,7 +739,7 @@ impl<'a> Builder<'a> {
             )?;
             let (cert_der, cert_key) = match pem {
                 Some(p) => {
-                    let der = pem_blocks(&p)
+                    let der = crate::util::pem_blocks(&p)
                         .into_iter()
                         .find(|(l, _)| l == "CERTIFICATE")
                         .map(|(_, d)| d)

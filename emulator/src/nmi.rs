@@ -1,7 +1,8 @@
 //! aad-pod-identity NMI host token endpoint (127.0.0.1:2579 `/host/token/`).
 
+use crate::exchange::{Req, Resp};
 use crate::scenario::{cloud_by_resource, IdentityKind};
-use crate::server::{Req, Resp, State};
+use crate::state::State;
 use serde_json::json;
 use std::time::Duration;
 

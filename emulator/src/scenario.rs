@@ -46,7 +46,7 @@ pub struct Scenario {
 #[serde(deny_unknown_fields)]
 pub struct Vault {
     pub name: String,
-    /// AzurePublicCloud (default), AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud.
+    /// AzurePublicCloud (default), AzureChinaCloud, AzureUSGovernmentCloud.
     #[serde(default)]
     pub cloud: Option<String>,
     pub tenant: String,
@@ -447,7 +447,7 @@ pub struct Cloud {
     pub resource: &'static str,
 }
 
-pub const CLOUDS: [Cloud; 4] = [
+pub const CLOUDS: [Cloud; 3] = [
     Cloud {
         name: "AzurePublicCloud",
         aad_host: "login.microsoftonline.com",
@@ -466,20 +466,13 @@ pub const CLOUDS: [Cloud; 4] = [
         vault_suffix: "vault.usgovcloudapi.net",
         resource: "https://vault.usgovcloudapi.net",
     },
-    Cloud {
-        name: "AzureGermanCloud",
-        aad_host: "login.microsoftonline.de",
-        vault_suffix: "vault.microsoftazure.de",
-        resource: "https://vault.microsoftazure.de",
-    },
 ];
 
 /// Every AAD host served (login.windows.net is an alias of the public cloud's).
-pub const AAD_HOSTS: [&str; 5] = [
+pub const AAD_HOSTS: [&str; 4] = [
     "login.microsoftonline.com",
     "login.chinacloudapi.cn",
     "login.microsoftonline.us",
-    "login.microsoftonline.de",
     "login.windows.net",
 ];
 

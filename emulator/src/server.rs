@@ -1,8 +1,10 @@
 //! Listeners, TLS, routing, latency, fault injection and the request log.
 
+use crate::exchange::{Req, Resp};
 use crate::limits::Limits;
-use crate::material::{KeyMemo, Store};
+use crate::material::KeyMemo;
 use crate::scenario::{self, Endpoint, FaultAction, Scenario};
+use crate::state::{Shared, State};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -10,7 +12,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -280,126 +281,11 @@ fn leaving_route(v4: &str, v6: &str) -> Option<String> {
     None
 }
 
-/// One generation of the scenario and what it built, plus the state shared by all generations.
-pub struct State {
-    pub scenario: Scenario,
-    pub store: Store,
-    pub started: Instant,
-    pub lifetime: u64,
-    /// 0 at start, +1 per successful reload.
-    pub generation: u64,
-    fault_counts: Mutex<Vec<u64>>,
-    pub nmi_calls: Arc<Mutex<HashMap<(String, String), u64>>>,
-    shared: Shared,
-}
-
-/// What survives a reload.
-#[derive(Clone)]
-struct Shared {
-    started: Instant,
-    nmi_calls: Arc<Mutex<HashMap<(String, String), u64>>>,
-    log: Arc<Option<Mutex<std::fs::File>>>,
-    limits: Arc<Limits>,
-    memo: KeyMemo,
-}
-
-impl State {
-    fn new(scenario: Scenario, store: Store, shared: Shared, generation: u64) -> State {
-        State {
-            lifetime: scenario.token_lifetime_secs.unwrap_or(86399),
-            fault_counts: Mutex::new(vec![0; scenario.faults.len()]),
-            scenario,
-            store,
-            started: shared.started,
-            generation,
-            nmi_calls: shared.nmi_calls.clone(),
-            shared,
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Kind {
     Imds,
     Nmi,
     Https,
-}
-
-/// A handler's answer.
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// Client id of the identity the request was about, when known (for the log).
-    pub identity: Option<String>,
-}
-
-impl Resp {
-    pub fn json(status: u16, v: &serde_json::Value) -> Resp {
-        Resp {
-            status,
-            headers: vec![(
-                "Content-Type".into(),
-                "application/json; charset=utf-8".into(),
-            )],
-            body: v.to_string().into_bytes(),
-            identity: None,
-        }
-    }
-
-    pub fn json_ct(status: u16, ct: &str, body: String) -> Resp {
-        Resp {
-            status,
-            headers: vec![("Content-Type".into(), ct.into())],
-            body: body.into_bytes(),
-            identity: None,
-        }
-    }
-
-    /// Go `http.Error`: text/plain, message + "\n", nosniff.
-    pub fn text(status: u16, msg: &str) -> Resp {
-        Resp {
-            status,
-            headers: vec![
-                ("Content-Type".into(), "text/plain; charset=utf-8".into()),
-                ("X-Content-Type-Options".into(), "nosniff".into()),
-            ],
-            body: format!("{msg}\n").into_bytes(),
-            identity: None,
-        }
-    }
-
-    pub fn header(mut self, k: &str, v: &str) -> Resp {
-        self.headers.push((k.into(), v.into()));
-        self
-    }
-
-    pub fn with_identity(mut self, id: Option<String>) -> Resp {
-        if self.identity.is_none() {
-            self.identity = id;
-        }
-        self
-    }
-}
-
-/// A parsed request as handlers see it.
-pub struct Req {
-    pub method: String,
-    pub host: String,
-    pub path: String,
-    pub query: Vec<(String, String)>,
-    pub headers: hyper::HeaderMap,
-    pub body: Bytes,
-    pub peer: SocketAddr,
-}
-
-impl Req {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    pub fn q(&self, key: &str) -> Option<&str> {
-        crate::util::get(&self.query, key)
-    }
 }
 
 fn spawn_listener(
@@ -717,58 +603,6 @@ async fn dispatch(state: &Arc<State>, endpoint: Endpoint, r: &Req) -> Resp {
     }
 }
 
-impl State {
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        r: &Req,
-        endpoint: Endpoint,
-        status: u16,
-        t0: Instant,
-        identity: Option<String>,
-        request_id: Option<String>,
-        fault: Option<&str>,
-        throttled: Option<&str>,
-    ) {
-        let Some(log) = self.shared.log.as_ref() else {
-            return;
-        };
-        let mut line = json!({
-            "ts": crate::util::rfc3339_now(),
-            "endpoint": endpoint.as_str(),
-            "method": r.method,
-            "host": r.host,
-            "path": r.path,
-            "status": status,
-            "latency_ms": t0.elapsed().as_millis() as u64,
-            "client_id": identity,
-            "request_id": request_id,
-        });
-        if let Some(f) = fault {
-            line["fault"] = json!(f);
-        }
-        if let Some(t) = throttled {
-            // "concurrency" / "rate" (IMDS limits) or "vault" (vault throttle): 429s by cause.
-            line["throttled"] = json!(t);
-        }
-        if endpoint == Endpoint::Nmi {
-            line["podns"] = json!(r.header("podns"));
-            line["podname"] = json!(r.header("podname"));
-            line["peer"] = json!(r.peer.ip().to_string());
-        }
-        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(f, "{line}");
-        let _ = f.flush();
-    }
-
-    pub fn identity_by_client_id(&self, cid: &str) -> Option<&crate::material::IdentityState> {
-        self.store
-            .identities
-            .iter()
-            .find(|i| i.spec.client_id.eq_ignore_ascii_case(cid))
-    }
-}
-
 /// Build the TLS server config: leaf for every AAD and vault host, signed by the CA.
 fn tls_config(
     ca: Option<&(String, String)>,
@@ -814,7 +648,7 @@ fn tls_config(
     p.use_authority_key_identifier_extension = true;
     crate::material::set_validity(&mut p, 365);
     let leaf = p.signed_by(&leaf_key, &issuer).map_err(|e| e.to_string())?;
-    let ca_der = crate::material::pem_blocks(&ca_pem)
+    let ca_der = crate::util::pem_blocks(&ca_pem)
         .into_iter()
         .find(|(l, _)| l == "CERTIFICATE")
         .map(|(_, d)| d)

@@ -172,6 +172,29 @@ pub fn rfc3339_now() -> String {
     utc(now_millis() as i128, "{Y}-{M}-{D}T{h}:{m}:{s}.{ms}Z")
 }
 
+/// PEM blocks `(label, der)`.
+pub fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut label: Option<String> = None;
+    let mut body = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+            label = Some(rest.trim_end_matches('-').to_string());
+            body.clear();
+        } else if line.starts_with("-----END ") {
+            if let Some(l) = label.take() {
+                if let Some(der) = b64_decode(&body) {
+                    out.push((l, der));
+                }
+            }
+        } else if label.is_some() {
+            body.push_str(line);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ async fn start(v: Value) -> T {
     opts.request_log = Some(log.clone());
     let emu = Emulator::start(opts).await.expect("start");
     let mut roots = rustls::RootCertStore::empty();
-    for (_, der) in kv_emulator::material::pem_blocks(&emu.ca_pem) {
+    for (_, der) in kv_emulator::util::pem_blocks(&emu.ca_pem) {
         roots.add(der.into()).expect("root");
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -514,7 +514,7 @@ fn sign_assertion(
     use sha2::Digest;
     let pem =
         std::fs::read_to_string(scenarios_dir().join("material/sp-cert.pem")).expect("sp cert");
-    let blocks = kv_emulator::material::pem_blocks(&pem);
+    let blocks = kv_emulator::util::pem_blocks(&pem);
     let key_der = &blocks
         .iter()
         .find(|(l, _)| l == "PRIVATE KEY")
